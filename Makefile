@@ -1,0 +1,86 @@
+# Course Makefile. Every target sets itself up: a fresh machine with Python 3.10+ and pip is enough.
+#   make lab    -> virtual environment + data (synthetic if no real data) + JupyterLab on notebooks/
+#   make test   -> the same set-up, then unit tests and both notebooks under nbval (smoke profile)
+# Variables you may override:  PYTHON, EXTRAS, LAB_IP, LAB_PORT, LAB_ARGS, PROFILE, LABKIT_DATA, LABKIT_RUNS
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+# A machine with an NVIDIA driver gets TensorFlow's CUDA build; everything else the CPU build.
+HAS_GPU   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRAS    ?= torch,$(if $(HAS_GPU),tf-gpu,tf),dev
+LAB_IP    ?= 127.0.0.1
+LAB_PORT  ?= 8888
+LAB_ARGS  ?= --no-browser
+PROFILE   ?= cpu
+export LABKIT_DATA ?= $(CURDIR)/data
+export LABKIT_RUNS ?= $(CURDIR)/runs
+
+comma     := ,
+STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d" " -f1)-$(subst $(comma),_,$(EXTRAS))
+NOTEBOOKS := notebooks/01_vnet_prostate.ipynb notebooks/02_cfcm_lung.ipynb
+
+.PHONY: help setup data lab test test-unit test-notebooks test-browser test-gpu run student bench \
+        refresh-checks export doctor clean
+
+help:
+	@echo "make lab | test | run [PROFILE=cpu] | data | student | bench | refresh-checks | doctor | clean"
+
+# ---- set-up: one virtual environment, reinstalled only when pyproject.toml or EXTRAS change ----
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP)
+
+data: setup
+	$(PY) data_scripts/make_phantoms.py --root "$(LABKIT_DATA)"
+
+doctor: setup
+	$(PY) -m labkit doctor
+
+lab: data
+	$(PY) -m labkit doctor --brief || true
+	cd notebooks && ../$(VENV)/bin/jupyter lab --ip=$(LAB_IP) --port=$(LAB_PORT) $(LAB_ARGS)
+
+# ---- tests ----
+test: data
+	$(MAKE) --no-print-directory test-unit test-notebooks
+
+test-unit: setup
+	LABKIT_HEADLESS=1 $(PY) -m pytest tests -m "not browser" -q
+	LABKIT_HEADLESS=1 $(PY) -m pytest tests -m browser -q -rs
+
+test-notebooks: data
+	LABKIT_PROFILE=smoke LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs \
+	  $(PY) -m pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
+	  --nbval-cell-timeout=600 -q $(NOTEBOOKS)
+
+test-gpu: data
+	$(PY) -m labkit doctor
+	LABKIT_PROFILE=gpu LABKIT_HEADLESS=1 $(PY) -m pytest --nbval-lax \
+	  --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=36000 -q $(NOTEBOOKS)
+
+# ---- headless runs, student notebooks, benchmarks ----
+run: data
+	$(PY) -m labkit.run_notebooks --profile $(PROFILE) --out build $(NOTEBOOKS)
+
+student: setup
+	$(PY) data_scripts/make_student_notebooks.py --out build/student $(NOTEBOOKS)
+
+refresh-checks: data
+	LABKIT_PROFILE=smoke LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs \
+	  $(PY) data_scripts/refresh_checks.py $(NOTEBOOKS)
+
+export: setup
+	$(PY) -m labkit.export $(NOTEBOOKS)
+
+bench: data
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	$(PY) benchmarks/run_all.py --out benchmarks/results
+
+clean:
+	rm -rf build runs .pytest_cache
