@@ -51,7 +51,9 @@ test: data
 	$(MAKE) --no-print-directory test-unit test-notebooks
 
 test-unit: setup
-	LABKIT_HEADLESS=1 $(PY) -m pytest tests -m "not browser" -q
+	LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs $(PY) -m pytest tests -q
+
+test-browser: setup
 	LABKIT_HEADLESS=1 $(PY) -m pytest tests -m browser -q -rs
 
 test-notebooks: data

@@ -1,0 +1,128 @@
+"""PyTorch plumbing for Lab 1: device, seeding, mixed precision and atomic checkpoints.
+
+Only the V-Net lab imports this module (it imports torch at the top); ``import labkit``
+never does.
+
+Example:
+    >>> from labkit import torch_utils
+    >>> torch_utils.seed_everything(42)
+    >>> device = torch_utils.pick_device()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labkit.io import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read; the message names the file and what to do."""
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The device to train on: CUDA when a GPU is usable, else Apple's MPS, else the CPU.
+
+    Args:
+        prefer: force a device ("cpu", "cuda", "cuda:1", "mps"); None chooses automatically.
+
+    Returns:
+        A ``torch.device``.
+
+    Raises:
+        ValueError: when ``prefer`` names a device this machine does not have.
+    """
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {prefer!r} was asked for but PyTorch sees no CUDA GPU; "
+                             "use 'cpu' or leave the device to be chosen automatically")
+        return device
+    # Note the call: `torch.cuda.is_available` without () is a function object, always truthy.
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) and ask for deterministic kernels.
+
+    On the CPU the results are then bit-for-bit repeatable. On a GPU a few 3D kernels
+    (e.g. the transposed convolution's backward pass) have no deterministic version; they
+    are allowed with a warning instead of an error (``warn_only=True``).
+
+    Args:
+        seed: the seed.
+        deterministic: also switch PyTorch to deterministic algorithms.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast(device: torch.device | str, enabled: bool = True):
+    """Mixed-precision context for the forward pass: float16 on CUDA, nothing elsewhere.
+
+    Args:
+        device: where the model runs.
+        enabled: False gives a context that does nothing (full float32).
+
+    Returns:
+        A context manager.
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def save_checkpoint(path: str | os.PathLike, **state) -> Path:
+    """Write ``state`` (state dicts, epoch, history...) to ``path`` atomically.
+
+    The file appears under its final name only once it is complete, so a kernel killed
+    mid-save leaves the previous checkpoint intact.
+
+    Example:
+        >>> save_checkpoint(folder / "last.pt", epoch=3, net=net.state_dict())  # doctest: +SKIP
+    """
+    path = Path(path)
+    with atomic_path(path, suffix=".pt.tmp") as temporary:
+        torch.save(state, temporary)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only).
+
+    Uses ``weights_only=True``: a checkpoint cannot run code when it is loaded.
+
+    Raises:
+        CheckpointError: when the file is missing or unreadable (names it, says what to do).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there; train first or check RUN_NAME")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated file, pickle of an unknown class, ...
+        raise CheckpointError(
+            f"{path}: cannot read this checkpoint ({type(error).__name__}: {error}); "
+            "delete it to start the run afresh"
+        ) from error
+
+
+__all__ = ["CheckpointError", "autocast", "load_checkpoint", "pick_device", "save_checkpoint",
+           "seed_everything"]
