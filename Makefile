@@ -21,7 +21,7 @@ STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d" " -
 NOTEBOOKS := notebooks/01_vnet_prostate.ipynb notebooks/02_cfcm_lung.ipynb
 
 .PHONY: help setup data lab test test-unit test-notebooks test-browser test-gpu run student bench \
-        refresh-checks export doctor clean
+        refresh-checks export doctor fetch clean
 
 help:
 	@echo "make lab | test | run [PROFILE=cpu] | data | student | bench | refresh-checks | doctor | clean"
@@ -38,6 +38,10 @@ setup: $(STAMP)
 
 data: setup
 	$(PY) data_scripts/make_phantoms.py --root "$(LABKIT_DATA)"
+
+fetch: setup
+	$(PY) data_scripts/fetch_prostate.py --root "$(LABKIT_DATA)"
+	$(PY) data_scripts/fetch_montgomery.py --root "$(LABKIT_DATA)"
 
 doctor: setup
 	$(PY) -m labkit doctor
