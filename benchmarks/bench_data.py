@@ -1,0 +1,344 @@
+"""Data: the seed's preparation path vs labkit cold vs labkit cached, geometry, epoch overhead.
+
+For each setting (the cpu profile's spacing and size, and the seed's 1 mm / 256x256x96), four
+ways of preparing the synthetic prostate set run side by side, interleaved:
+
+- ``seed``: nibabel + nilearn ``resample_img`` ('continuous' = cubic image, nearest label),
+  min-max, crop; the seed's iterator (thread pool, deep copies) in this process;
+- ``labkit_cold``: ``BatchIterator(before=prostate.preprocessing(...), cache=False)`` with its
+  default worker processes;
+- ``labkit_cold_1_worker``: the same in this process only (a like-for-like single-core figure);
+- ``labkit_cached``: the same chain reading the disk cache filled beforehand.
+
+Then one epoch pass of each iterator without a network (the seed deep-copies its data set
+every epoch), the geometry agreement of the two final crops (label Dice, image difference, on
+flipped and oblique affines too), and the iterator's share of a smoke-profile training epoch.
+
+    .venv/bin/python benchmarks/bench_data.py --result /tmp/data.json --config '{"repeats": 2}'
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import compare, log, ratio, section_main
+
+COLD_TARGET, CACHED_TARGET, OVERHEAD_TARGET, DICE_TARGET = 5.0, 20.0, 0.02, 0.99
+
+
+def settings_for(config: dict) -> list[dict]:
+    """The (name, spacing, size, cases) settings to measure."""
+    from labkit.profiles import get_profile
+
+    if config.get("quick"):
+        return [{"name": "quick", "spacing": (6.0, 6.0, 6.0), "size": (16, 16, 8), "max_cases": 3}]
+    cpu = get_profile("cpu").vnet
+    return [
+        {"name": "cpu profile", "spacing": tuple(cpu.spacing), "size": tuple(cpu.image_size),
+         "max_cases": config.get("cpu_cases")},
+        {"name": "seed (1 mm, 256x256x96)", "spacing": (1.0, 1.0, 1.0), "size": (256, 256, 96),
+         "max_cases": config.get("seed_cases", 16)},
+    ]
+
+
+def run(config: dict) -> dict:
+    from labkit.data import prostate
+
+    repeats = int(config.get("repeats", 3))
+    cases = prostate.list_cases(config.get("data_root"))
+    result = {"dataset": {"cases": len(cases), "source": _data_source(config)}, "settings": [],
+              "targets": []}
+    for setting in settings_for(config):
+        chosen = cases[: setting["max_cases"]] if setting["max_cases"] else cases
+        log(f"data: {setting['name']}, {len(chosen)} cases")
+        measured = measure_setting(chosen, setting, repeats)
+        measured["geometry"] = geometry_agreement(chosen[: int(config.get("geometry_cases", 8))],
+                                                  setting)
+        result["settings"].append(measured)
+        result["targets"] += _setting_targets(measured)
+    log("data: epoch overhead")
+    result["epoch_overhead"] = epoch_overhead(cases, config, repeats)
+    overhead = result["epoch_overhead"].get("overhead_fraction")
+    result["targets"].append({"name": "iterator overhead per smoke epoch",
+                              "target": f"< {OVERHEAD_TARGET:.0%}", "measured": overhead,
+                              "unit": "fraction",
+                              "met": None if overhead is None else overhead < OVERHEAD_TARGET})
+    return result
+
+
+def _data_source(config) -> str:
+    from labkit import paths
+
+    root = Path(config["data_root"]) if config.get("data_root") else None
+    return paths.data_source(paths.prostate_dir(root))
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparation speed and memory
+# ----------------------------------------------------------------------------------------------
+
+
+def measure_setting(cases: list, setting: dict, repeats: int) -> dict:
+    """Seed vs labkit (cold, cold one worker, cached) at one setting, interleaved."""
+    from labkit.data import BatchIterator, prostate
+    from seed_reference import SeedBatchIterator
+
+    spacing, size = setting["spacing"], setting["size"]
+    chain = prostate.preprocessing(spacing=spacing, size=size)
+    kept = {}
+
+    def keep(name, factory):
+        kept[name] = None  # release the previous one first: one data set at a time
+        kept[name] = factory()
+
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
+        start = time.perf_counter()
+        BatchIterator(cases, 2, before=chain, cache=cache_dir, progress=False)  # fill the cache
+        fill_s = time.perf_counter() - start
+        variants = {
+            "seed": lambda: keep("seed", lambda: SeedBatchIterator(cases, 2, spacing, size)),
+            "labkit_cold": lambda: keep("labkit", lambda: BatchIterator(
+                cases, 2, before=chain, cache=False, progress=False)),
+            "labkit_cold_1_worker": lambda: keep("labkit", lambda: BatchIterator(
+                cases, 2, before=chain, cache=False, workers=1, progress=False)),
+            "labkit_cached": lambda: keep("labkit", lambda: BatchIterator(
+                cases, 2, before=chain, cache=cache_dir, progress=False)),
+        }
+        timings = compare(variants, repeats, warmup=0)
+    timings["labkit_cold_and_cache_write"] = {"min_s": fill_s, "median_s": fill_s,
+                                              "times_s": [round(fill_s, 6)]}
+    seed = timings["seed"]
+    return {
+        "name": setting["name"], "spacing_mm": list(spacing), "size": list(size),
+        "cases": len(cases), "repeats": repeats, "timings": timings,
+        "per_case_median_s": {name: t["median_s"] / len(cases) for name, t in timings.items()},
+        "speedup_vs_seed": {name: ratio(seed, t) for name, t in timings.items() if name != "seed"},
+        "prepared_dataset_mb": {"seed": _megabytes(kept["seed"].data),
+                                "labkit": _megabytes(kept["labkit"].cases)},
+        "epoch_pass": epoch_pass(kept["seed"], kept["labkit"], repeats),
+    }
+
+
+def _megabytes(cases) -> float:
+    """Array bytes held by a prepared data set."""
+    total = 0
+    for case in cases:
+        for value in case.values():
+            for item in value if isinstance(value, list) else [value]:
+                total += item.nbytes if isinstance(item, np.ndarray) else 0
+    return round(total / 2**20, 1)
+
+
+def epoch_pass(seed_iterator, labkit_iterator, repeats: int) -> dict:
+    """One pass over every batch, no network: the seed deep-copies its data set each time."""
+    def drain(iterator):
+        return lambda: sum(1 for _ in iterator)
+
+    timings = compare({"seed": drain(seed_iterator), "labkit": drain(labkit_iterator)},
+                      repeats=max(repeats, 3), warmup=1)
+    return {"timings": timings, "speedup": ratio(timings["seed"], timings["labkit"])}
+
+
+def _setting_targets(measured: dict) -> list[dict]:
+    speedups = measured["speedup_vs_seed"]
+    dice_min = measured["geometry"].get("label_dice_min")
+    name = measured["name"]
+    return [
+        {"name": f"prepare, labkit cold vs seed ({name})", "target": f">= {COLD_TARGET:g}x",
+         "measured": speedups["labkit_cold"], "unit": "x",
+         "met": speedups["labkit_cold"] >= COLD_TARGET},
+        {"name": f"prepare, labkit cached vs seed ({name})", "target": f">= {CACHED_TARGET:g}x",
+         "measured": speedups["labkit_cached"], "unit": "x",
+         "met": speedups["labkit_cached"] >= CACHED_TARGET},
+        {"name": f"label Dice, labkit vs seed crop ({name})", "target": f">= {DICE_TARGET}",
+         "measured": dice_min, "unit": "Dice",
+         "met": None if dice_min is None else dice_min >= DICE_TARGET},
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry agreement
+# ----------------------------------------------------------------------------------------------
+
+
+def geometry_agreement(cases: list, setting: dict) -> dict:
+    """Seed crop vs labkit crop of the same cases: label Dice and image difference.
+
+    Compared on the un-normalised intensities (the seed scaled by min-max, labkit by z-score,
+    which is a choice, not geometry). When the two crops sit on different grids, the seed's is
+    resampled onto labkit's first (nearest for labels, linear for images). A copy of the first
+    case with an oblique affine (10 degrees about z) is compared as well.
+    """
+    spacing, size = setting["spacing"], setting["size"]
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-oblique-") as folder:
+        checked = list(cases) + ([oblique_copy(cases[0], Path(folder))] if cases else [])
+        rows = [_compare_case(case, spacing, size) for case in checked]
+        exact = linear_matches_nilearn(cases[0], spacing) if cases else None
+    dice_values = [row["label_dice"] for row in rows]
+    return {
+        "cases": rows,
+        "label_dice_min": min(dice_values) if dice_values else None,
+        "label_dice_mean": float(np.mean(dice_values)) if dice_values else None,
+        "image_relative_difference_mean": float(np.mean([r["image_relative_difference"] for r in rows]))
+        if rows else None,
+        "image_correlation_min": min(r["image_correlation"] for r in rows) if rows else None,
+        "orientations": sorted({row["orientation"] for row in rows}),
+        "labkit_linear_vs_nilearn_linear_max_abs": exact,
+    }
+
+
+def _compare_case(case: dict, spacing, size) -> dict:
+    import nibabel as nib
+
+    from labkit.data.transforms import Compose
+    from labkit.metrics import dice
+    from seed_reference import seed_prepare_case
+
+    seed = seed_prepare_case(case, spacing, size, keep_geometry=True)
+    ours = Compose(geometry_chain(spacing, size))(case)
+    ours_affine = ours["image_meta"]["grid_affine"]
+    seed_label, seed_image = seed["labels"][0][0], seed["raw_image"]
+    same_grid = bool(np.allclose(seed["affine"], ours_affine, atol=1e-3))
+    if not same_grid:
+        seed_label = _onto_grid(seed_label, seed["affine"], ours_affine, order=0)
+        seed_image = np.stack([_onto_grid(c, seed["affine"], ours_affine, 1) for c in seed_image])
+    our_image = ours["image"]
+    source_affine = nib.load(case["image"]).affine
+    return {
+        "id": case["id"], "same_grid": same_grid,
+        "orientation": "".join(nib.aff2axcodes(source_affine)) + (" oblique" if _oblique(source_affine) else ""),
+        "label_dice": round(dice(seed_label, ours["label"][0]), 5),
+        "image_relative_difference": round(_relative_difference(seed_image, our_image), 5),
+        "image_correlation": round(float(np.corrcoef(seed_image.ravel(), our_image.ravel())[0, 1]), 5),
+    }
+
+
+def geometry_chain(spacing, size) -> list:
+    """labkit's prostate chain without the intensity normalisation."""
+    from labkit.data import prostate
+    from labkit.data.transforms import NormalizeIntensity
+
+    return [t for t in prostate.preprocessing(spacing=spacing, size=size)
+            if not isinstance(t, NormalizeIntensity)]
+
+
+def _onto_grid(volume, source_affine, target_affine, order: int) -> np.ndarray:
+    from scipy import ndimage
+
+    matrix = np.linalg.inv(source_affine) @ target_affine
+    return ndimage.affine_transform(volume, matrix[:3, :3], offset=matrix[:3, 3],
+                                    output_shape=volume.shape, order=order, cval=0.0)
+
+
+def _relative_difference(reference: np.ndarray, other: np.ndarray) -> float:
+    """mean |a - b| / mean |a| over voxels where either is non-zero."""
+    inside = (reference != 0) | (other != 0)
+    if not inside.any():
+        return 0.0
+    return float(np.abs(reference - other)[inside].mean() / max(np.abs(reference[inside]).mean(), 1e-12))
+
+
+def _oblique(affine) -> bool:
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.abs(np.abs(directions) - np.round(np.abs(directions))).max() > 1e-3)
+
+
+def oblique_copy(case: dict, folder: Path, degrees: float = 10.0) -> dict:
+    """The same voxels under an affine rotated by ``degrees`` about the z axis."""
+    import nibabel as nib
+
+    angle = np.deg2rad(degrees)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    copied = {"id": f"{case['id']}_oblique"}
+    for key in ("image", "label"):
+        source = nib.load(case[key])
+        path = folder / f"{key}_{Path(case[key]).name}"
+        nib.save(nib.Nifti1Image(np.asarray(source.dataobj), rotation @ source.affine), str(path))
+        copied[key] = str(path)
+    return copied
+
+
+def linear_matches_nilearn(case: dict, spacing) -> float:
+    """Largest difference between labkit's linear resampling and nilearn's 'linear', relative
+    to the image's largest value (both on the file's own axes: nilearn does not reorient)."""
+    from labkit.data.transforms import LoadNifti, resample
+    from seed_reference import seed_resample
+
+    loaded = LoadNifti(["image"])(case)
+    theirs = np.moveaxis(np.asarray(seed_resample(case["image"], spacing, "linear").dataobj), -1, 0)
+    ours, _ = resample(loaded["image"], loaded["image_meta"]["affine"], spacing, order=1)
+    if ours.shape != theirs.shape:
+        return float("nan")
+    return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-12))
+
+
+# ----------------------------------------------------------------------------------------------
+# Iterator overhead against a smoke epoch
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
+    """Time of an iterator pass vs a whole smoke-profile training epoch (same batches)."""
+    import torch
+
+    from labkit.data import BatchIterator, prostate
+    from labkit.data.transforms import RandomFlip
+    from labkit.profiles import get_profile
+
+    settings = get_profile("smoke").vnet
+    chosen = cases[: settings.max_cases] if settings.max_cases else cases
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
+        iterator = BatchIterator(chosen, settings.batch_size,
+                                 before=prostate.preprocessing(settings.spacing, settings.image_size),
+                                 each_batch=[RandomFlip(["image", "label"], axes=(0,))],
+                                 cache=cache_dir, progress=False)
+    net, net_source = _smoke_net(settings)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+
+    def iterator_only():
+        for _ in iterator:
+            pass
+
+    def training_epoch():
+        for batch in iterator:
+            image, label = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            loss = _dice_loss(torch.sigmoid(net(image)), label)
+            loss.backward()
+            optimizer.step()
+
+    timings = compare({"iterator_pass": iterator_only, "smoke_training_epoch": training_epoch},
+                      repeats=max(repeats, 3), warmup=1, memory=False)
+    overhead = timings["iterator_pass"]["median_s"] / timings["smoke_training_epoch"]["median_s"]
+    return {"cases": len(chosen), "batches": len(iterator), "net": net_source,
+            "size": list(settings.image_size), "timings": timings,
+            "overhead_fraction": round(overhead, 5)}
+
+
+def _smoke_net(settings):
+    from lab_code import LabCodeMissing, build_lab_vnet, load_lab
+    from seed_reference import build_seed_vnet
+
+    try:
+        namespace, source = load_lab("vnet")
+        return build_lab_vnet(namespace, settings.n_filters, settings.normalization), f"lab V-Net ({source})"
+    except LabCodeMissing as error:
+        log(f"data: lab V-Net not available ({error}); using the seed formulation with batchnorm")
+        return (build_seed_vnet(n_filters=settings.n_filters, normalization="batchnorm",
+                                data_parallel=False), "seed V-Net formulation (batchnorm; lab code missing)")
+
+
+def _dice_loss(probabilities, target, eps: float = 1e-5):
+    from seed_reference import seed_dice_loss
+
+    return seed_dice_loss(probabilities, target, eps)
+
+
+if __name__ == "__main__":
+    raise SystemExit(section_main(run, __doc__.splitlines()[0]))

@@ -1,0 +1,248 @@
+"""Batches from a list of cases, with transforms in three stages.
+
+================  =========================================  ==============================
+stage             what                                       when
+================  =========================================  ==============================
+``before``        load, resample, normalise, crop            once (cached on disk, parallel)
+``each_epoch``    reorder the case list (``Shuffle``)        at the start of every epoch
+``each_batch``    augment (``RandomFlip``, ...)              for every case in every batch
+================  =========================================  ==============================
+
+The prepared cases are kept in memory once; an epoch only reorders references, and a batch
+transform returns new arrays without touching the stored case (no deep copy of the data set).
+
+Randomness is a function of ``(seed, epoch, position)``: the epoch's order comes from
+``np.random.default_rng([seed, epoch])`` and each case's augmentation from
+``np.random.default_rng([seed, epoch, 1, position])``. After a resume, ``set_epoch(e)``
+replays epoch ``e`` exactly; with ``rank`` / ``world_size`` each process gets its own share of
+the same order (padded by repeating cases so every rank has as many batches).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import sys
+import warnings
+
+import numpy as np
+
+from labkit.data.cache import CaseCache
+from labkit.data.errors import DataError
+from labkit.data.transforms import Compose, Shuffle
+
+
+class BatchIterator:
+    """Iterate over batches ``{'id': [...], 'image': (B, ...), 'label': (B, ...)}``.
+
+    Args:
+        cases: case dicts (usually paths from ``list_cases`` / ``load_splits``).
+        batch_size: cases per batch.
+        before: transforms run once per case, results cached on disk.
+        each_epoch: callables ``(cases, rng) -> cases`` run at the start of each epoch.
+        each_batch: transforms run on every case of every batch (random ones get an rng).
+        shuffle: reorder the cases every epoch (seeded).
+        seed: base seed of every random draw.
+        cache: True (``labkit.paths.cache_root()``), False, or a folder.
+        workers: processes preparing cases; None means ``min(4, CPU cores)``.
+        drop_last: drop the last, smaller batch.
+        rank, world_size: this process's share when training on several GPUs.
+        progress: show a progress bar while preparing (never when ``LABKIT_HEADLESS=1``).
+
+    Example:
+        >>> it = BatchIterator(cases, batch_size=2, before=prostate.preprocessing(...))
+        >>> for epoch in range(max_epochs):
+        ...     it.set_epoch(epoch)
+        ...     for batch in it:
+        ...         image, label = batch["image"], batch["label"]
+    """
+
+    def __init__(self, cases, batch_size: int, before=(), each_epoch=(), each_batch=(),
+                 shuffle: bool = True, seed: int = 0, cache=True, workers: int | None = None,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, progress: bool = True):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.batch_size = int(batch_size)
+        self.before = list(before)
+        self.each_epoch = list(each_epoch)
+        self.each_batch = Compose(each_batch)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+        self.cases = prepare_cases(list(cases), self.before, cache=cache, workers=workers,
+                                   progress=progress)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the next pass replays (its order and augmentations)."""
+        self.epoch = int(epoch)
+
+    def _cases_per_rank(self) -> int:
+        return math.ceil(len(self.cases) / self.world_size)
+
+    def __len__(self) -> int:
+        per_rank = self._cases_per_rank()
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def epoch_order(self, epoch: int | None = None) -> list[int]:
+        """Positions (into ``self.cases``) this rank visits in ``epoch``, in order."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        order = list(range(len(self.cases)))
+        if self.shuffle:
+            order = Shuffle()(order, rng)
+        for transform in self.each_epoch:
+            order = list(transform(order, rng))
+        total = self._cases_per_rank() * self.world_size
+        order = (order * math.ceil(total / max(len(order), 1)))[:total]  # pad by repeating
+        return order[self.rank::self.world_size]
+
+    def __iter__(self):
+        epoch = self.epoch
+        order = self.epoch_order(epoch)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            if len(chunk) < self.batch_size and self.drop_last:
+                break
+            yield self._batch(chunk, epoch, start)
+        self.epoch = epoch + 1  # a plain loop moves on; set_epoch() still decides
+
+    def _batch(self, chunk, epoch: int, start: int) -> dict:
+        prepared = []
+        for offset, index in enumerate(chunk):
+            position = (start + offset) * self.world_size + self.rank  # position in the epoch
+            rng = np.random.default_rng([self.seed, epoch, 1, position])
+            prepared.append(self.each_batch(self.cases[index], rng))
+        batch = {"id": [case.get("id") for case in prepared]}
+        for key in ("image", "label"):
+            if all(key in case for case in prepared):
+                batch[key] = _stack(prepared, key)
+        return batch
+
+
+def _stack(cases, key) -> np.ndarray:
+    shapes = {np.shape(case[key]) for case in cases}
+    if len(shapes) > 1:
+        raise DataError(None, f"'{key}' arrays of different shapes in one batch: {sorted(shapes)} "
+                        f"(cases {[c.get('id') for c in cases]})",
+                        "end the `before` chain with CropOrPad / Resize to one size")
+    return np.stack([np.asarray(case[key], dtype=np.float32) for case in cases])
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparing cases: cache, process pool, progress bar
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_cases(cases: list, transforms, cache=True, workers: int | None = None,
+                  progress: bool = True) -> list:
+    """Run ``transforms`` on every case, reading and filling the disk cache.
+
+    Returns:
+        The prepared cases, in the input order.
+    """
+    if not transforms:
+        return [dict(case) for case in cases]
+    case_cache = _case_cache(cache, transforms)
+    prepared = [case_cache.load(case) if case_cache else None for case in cases]
+    missing = [i for i, case in enumerate(prepared) if case is None]
+    workers = default_workers() if workers is None else max(1, int(workers))
+    jobs = [(cases[i], transforms, case_cache) for i in missing]
+    bar = _progress_bar(len(missing), progress)
+    try:
+        for i, case in zip(missing, _run(jobs, workers, bar), strict=True):
+            prepared[i] = case
+    finally:
+        if bar is not None:
+            bar.close()
+    return prepared
+
+
+def default_workers() -> int:
+    """``min(4, CPU cores available to this process)``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _case_cache(cache, transforms):
+    if cache is False or cache is None:
+        return None
+    from labkit.paths import cache_root
+
+    return CaseCache(cache_root() if cache is True else cache, transforms)
+
+
+def _prepare_one(job) -> dict:
+    case, transforms, case_cache = job
+    prepared = Compose(transforms)(case)
+    if case_cache is not None:
+        case_cache.save(case, prepared)
+    return prepared
+
+
+def _run(jobs, workers: int, bar):
+    """Prepared cases in job order, in a process pool when it pays off.
+
+    If the pool breaks (a worker killed for memory, a script without the ``__main__`` guard
+    under ``spawn``), the remaining cases are prepared in this process instead.
+    """
+    done = 0
+    if workers > 1 and len(jobs) > 1 and _picklable([t for job in jobs[:1] for t in job[1]]):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        context = multiprocessing.get_context(_start_method())
+        try:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+                for case in pool.map(_prepare_one, jobs):
+                    done += 1
+                    _advance(bar)
+                    yield case
+            return
+        except (BrokenProcessPool, RuntimeError) as error:
+            warnings.warn(f"worker processes failed ({type(error).__name__}); preparing the "
+                          "remaining cases in this process", stacklevel=4)
+    for job in jobs[done:]:
+        case = _prepare_one(job)
+        _advance(bar)
+        yield case
+
+
+def _start_method() -> str:
+    """``fork`` on Linux (what PyTorch's DataLoader uses; workers touch only numpy / scipy /
+    nibabel, never a framework), ``spawn`` elsewhere."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _picklable(transforms) -> bool:
+    try:
+        pickle.dumps(transforms)
+        if _start_method() == "spawn" and any(type(t).__module__ == "__main__" for t in transforms):
+            raise TypeError("a fresh worker process cannot import classes defined in __main__")
+    except Exception:  # a transform defined in a notebook cell, a lambda ...
+        warnings.warn("these transforms cannot be sent to worker processes; preparing cases "
+                      "in this process (define transforms in a module to use several cores)",
+                      stacklevel=4)
+        return False
+    return True
+
+
+def _progress_bar(total: int, progress: bool):
+    if not progress or total == 0 or os.environ.get("LABKIT_HEADLESS") == "1":
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="preparing cases", unit="case", leave=False)
+
+
+def _advance(bar) -> None:
+    if bar is not None:
+        bar.update(1)

@@ -1,0 +1,150 @@
+"""Disk cache of prepared cases: one ``.npz`` file per case.
+
+Loading, reorienting and resampling a scan takes seconds; the result only depends on the
+transform settings and the source files. So a prepared case is stored under::
+
+    <cache root>/<hash of the transforms' reprs>/<case id>-<hash of the source files>.npz
+
+The source hash covers each file's path, size and modification time (and any other value in
+the case, arrays by content): editing or replacing a file gives a new name, and the stale entry of that case is deleted when the new one is
+written. Changing any transform setting gives a new folder. Files are written atomically, so
+an interrupted run never leaves a half-written entry. Delete the cache folder at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from labkit.io import atomic_path, atomic_write_text
+
+_JSON_KEY = "__json__"
+
+
+def chain_key(transforms) -> str:
+    """A short hash of the transforms' reprs (their settings)."""
+    text = "\n".join(repr(t) for t in transforms)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def source_files(case: dict) -> list[tuple[str, str]]:
+    """(key, path) of every case value that names an existing file."""
+    found = []
+    for key, value in sorted(case.items()):
+        if isinstance(value, (str, os.PathLike)) and key != "id" and os.path.isfile(value):
+            found.append((key, os.path.abspath(os.fspath(value))))
+    return found
+
+
+def case_key(case: dict) -> str:
+    """A short hash of the case: each source file's path, size and mtime, other values as is
+    (arrays by content)."""
+    files = dict(source_files(case))
+    parts = []
+    for key, value in sorted(case.items()):
+        if key in files:
+            stat = os.stat(files[key])
+            parts.append(f"{key}={files[key]}:{stat.st_size}:{stat.st_mtime_ns}")
+        elif isinstance(value, np.ndarray):
+            digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+            parts.append(f"{key}=array{value.shape}{value.dtype}:{digest}")
+        else:
+            parts.append(f"{key}={value!r}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:80] or "case"
+
+
+class CaseCache:
+    """The cache folder of one transform chain.
+
+    Args:
+        root: the cache root (``labkit.paths.cache_root()`` by default).
+        transforms: the chain whose results are stored.
+    """
+
+    def __init__(self, root, transforms):
+        self.folder = Path(root) / "prepared" / chain_key(transforms)
+        self._description = "\n".join(repr(t) for t in transforms) + "\n"
+
+    def path(self, case: dict) -> Path:
+        return self.folder / f"{_safe(str(case.get('id')))}-{case_key(case)}.npz"
+
+    def load(self, case: dict) -> dict | None:
+        """The prepared case, or None when absent or unreadable."""
+        path = self.path(case)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return _decode(stored)
+        except (OSError, ValueError, KeyError, EOFError):
+            return None  # damaged entry: prepare the case again
+
+    def save(self, case: dict, prepared: dict) -> None:
+        """Store ``prepared`` (atomically) and delete older entries of the same case."""
+        path = self.path(case)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            description = self.folder / "transforms.txt"
+            if not description.exists():
+                atomic_write_text(description, self._description)
+            with atomic_path(path, suffix=".npz") as temporary:
+                np.savez(temporary, **_encode(prepared))
+            for old in self.folder.glob(f"{_safe(str(case.get('id')))}-*.npz"):
+                if old != path and len(old.stem) == len(path.stem):
+                    old.unlink(missing_ok=True)
+        except OSError as error:
+            warnings.warn(f"{self.folder}: could not write the cache ({error}); continuing "
+                          "without it (set LABKIT_CACHE to a writable folder)", stacklevel=2)
+
+
+def _encode(case: dict) -> dict:
+    arrays = {key: value for key, value in case.items() if isinstance(value, np.ndarray)}
+    rest = {key: value for key, value in case.items() if key not in arrays}
+    arrays[_JSON_KEY] = np.array(json.dumps(_to_json(rest)))
+    return arrays
+
+
+def _decode(stored) -> dict:
+    case = _from_json(json.loads(str(stored[_JSON_KEY])))
+    for key in stored.files:
+        if key != _JSON_KEY:
+            case[key] = stored[key]
+    return case
+
+
+def _to_json(value):
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_json(value):
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return np.array(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
+        if "__tuple__" in value:
+            return tuple(_from_json(v) for v in value["__tuple__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value

@@ -1,0 +1,90 @@
+"""Chest X-rays (Montgomery County set): cases, splits, preprocessing.
+
+On disk (real or synthetic, the reader cannot tell)::
+
+    MontgomerySet/CXR_png/MCUCXR_0001_0.png           grayscale radiograph (_1: abnormal)
+    MontgomerySet/ManualMask/leftMask/MCUCXR_0001_0.png   patient's left lung, 0/255
+    MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png  patient's right lung, 0/255
+
+Preprocessing, read top to bottom (Lab 2 shows this list)::
+
+    load (grayscale, [0, 1]) -> fuse left + right masks into one label
+         -> cut black padding -> resize to `size` -> stretch contrast to [0, 1]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labkit import paths
+from labkit.data import splits
+from labkit.data.errors import NO_DATA_FIX, NO_DATA_HELP, DataError
+from labkit.data.transforms import (
+    CropBlackBorder,
+    FuseMasks,
+    LoadPNG,
+    NormalizeIntensity,
+    Resize,
+    is_junk,
+)
+
+
+def dataset_dir(root=None) -> Path:
+    """``<root>/MontgomerySet`` (root defaults to ``LABKIT_DATA`` or ``./data``)."""
+    return paths.lung_dir(Path(root) if root is not None else None)
+
+
+def _png_files(folder: Path) -> dict:
+    """{case id: path} of the PNG files in ``folder``, junk ignored."""
+    if not folder.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(folder.iterdir())
+            if path.is_file() and not is_junk(path.name) and path.suffix.lower() == ".png"}
+
+
+def list_cases(root=None) -> list[dict]:
+    """Cases ``[{'id', 'image', 'left', 'right'}]`` (paths), sorted by id.
+
+    Raises:
+        DataError: no data (folder missing or empty), or an image without one of its masks.
+    """
+    folder = dataset_dir(root)
+    images = _png_files(folder / "CXR_png")
+    if not images:
+        raise DataError(folder / "CXR_png", NO_DATA_FIX, NO_DATA_HELP)
+    masks = {side: _png_files(folder / "ManualMask" / f"{side}Mask") for side in ("left", "right")}
+    cases = []
+    for case_id, image in images.items():
+        case = {"id": case_id, "image": str(image)}
+        for side, found in masks.items():
+            if case_id not in found:
+                raise DataError(folder / "ManualMask" / f"{side}Mask" / image.name,
+                                f"the {side} lung mask of {image.name} is missing",
+                                "restore the mask from the archive, or remove the image from CXR_png")
+            case[side] = str(found[case_id])
+        cases.append(case)
+    return cases
+
+
+def load_splits(root=None, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
+    """The fixed train / validation / test split of the cases."""
+    return splits.load_splits(dataset_dir(root), list_cases(root), fractions, seed)
+
+
+def preprocessing(size=(256, 256)) -> list:
+    """The transforms from file paths to network-ready arrays.
+
+    Args:
+        size: pixels fed to the network (height, width).
+
+    Returns:
+        A list of transforms; image ends as ``(H, W)`` float32 in [0, 1], label ``(H, W)``
+        float32 in {0, 1}.
+    """
+    return [
+        LoadPNG(["image", "left", "right"]),
+        FuseMasks("left", "right", out="label"),
+        CropBlackBorder("image", ["label"]),
+        Resize(["image", "label"], size, orders=(1, 0)),
+        NormalizeIntensity(["image"], mode="minmax", per_channel=False),
+    ]

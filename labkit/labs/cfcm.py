@@ -1,0 +1,212 @@
+# generated from notebooks/02_cfcm_lung.ipynb by `make export`; edit the notebook, not this file.
+# ruff: noqa: E402, I001
+"""Lab code from notebooks/02_cfcm_lung.ipynb: its cells tagged ``export``.
+
+Importable outside the notebook (tests, benchmarks, ``labkit.train``); regenerate with
+``make export``.
+"""
+
+
+import tensorflow as tf
+import keras
+
+
+EPSILON = 1e-3
+
+
+def dice_loss(pred, label):
+    """1 - soft Dice per image, averaged over the batch; ``pred`` and ``label`` are (B, H, W, 1)."""
+    pred = tf.cast(pred, tf.float32)
+    overlap = tf.reduce_sum(pred * label, axis=[1, 2, 3])
+    total = tf.reduce_sum(pred**2 + label**2, axis=[1, 2, 3])
+    return tf.reduce_mean(1.0 - 2.0 * overlap / (total + EPSILON))
+
+
+def dice_score(pred, label, eps=1e-3):
+    """Binarised Dice: threshold ``pred`` at 0.5, Dice per image, mean over the batch."""
+    binary = tf.cast(pred > 0.5, tf.float32)
+    overlap = tf.reduce_sum(binary * label, axis=[1, 2, 3])
+    total = tf.reduce_sum(binary**2 + label**2, axis=[1, 2, 3])
+    return tf.reduce_mean(2.0 * overlap / (total + eps))
+
+
+class ConvLSTMCell(keras.layers.Layer):
+    """One convolutional LSTM step in CFCM's layout.
+
+    The state is ``concat([cell, hidden])`` (2C channels). ONE convolution of
+    ``concat([inputs, hidden])`` gives 4C channels, split into the gates i, j, f, o.
+
+    Args:
+        filters: C, the channels of the cell and of the hidden state.
+        kernel_size: size of the gate convolution.
+        forget_bias: added to the forget gate before its sigmoid, so the cell starts by remembering.
+        activation: the update and output activation: "relu" in CFCM, "tanh" in a textbook LSTM.
+
+    Example:
+        >>> cell = ConvLSTMCell(16)
+        >>> hidden, state = cell(features, state)   # features (B, H, W, Cin), state (B, H, W, 32)
+    """
+
+    def __init__(self, filters, kernel_size=3, forget_bias=1.0, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.forget_bias = forget_bias
+        self.activation = keras.activations.get(activation)
+        self.gates = keras.layers.Conv2D(4 * filters, kernel_size, padding="same", name="gates",
+                                         dtype=self.dtype_policy)
+
+    def call(self, inputs, state):
+        cell, hidden = keras.ops.split(state, 2, axis=-1)
+        features = self.gates(keras.ops.concatenate([inputs, hidden], axis=-1))
+        i, j, f, o = keras.ops.split(features, 4, axis=-1)
+        forget = keras.ops.sigmoid(f + self.forget_bias)
+        new_cell = forget * cell + keras.ops.sigmoid(i) * self.activation(j)
+        new_hidden = keras.ops.sigmoid(o) * self.activation(new_cell)
+        return new_hidden, keras.ops.concatenate([new_cell, new_hidden], axis=-1)
+
+
+class BasicBlock(keras.layers.Layer):
+    """Pre-activation ResNet basic block: BN-ReLU, conv 3x3, BN-ReLU, conv 3x3, plus the shortcut.
+
+    With ``project=True`` (the first block of a stage) the shortcut is a 1x1 convolution of the
+    normalised input, so its channels match the block's.
+    """
+
+    def __init__(self, filters, project=False, **kwargs):
+        super().__init__(**kwargs)
+        self.norm1 = keras.layers.BatchNormalization(momentum=0.9)
+        self.conv1 = keras.layers.Conv2D(filters, 3, padding="same")
+        self.norm2 = keras.layers.BatchNormalization(momentum=0.9)
+        self.conv2 = keras.layers.Conv2D(filters, 3, padding="same")
+        self.projection = keras.layers.Conv2D(filters, 1) if project else None
+
+    def call(self, inputs, training=False):
+        activated = keras.ops.relu(self.norm1(inputs, training=training))
+        shortcut = inputs if self.projection is None else self.projection(activated)
+        features = self.conv1(activated)
+        features = self.conv2(keras.ops.relu(self.norm2(features, training=training)))
+        return features + shortcut
+
+
+class LadderEncoder(keras.layers.Layer):
+    """ResNet34 "ladder" encoder: stem (7x7 conv, 2x2 max-pool), then stages of basic blocks.
+
+    Stage ``s`` (from 0) has ``base_filters * 2**s`` channels at ``1 / 2**(s + 1)`` of the input
+    size. ``call`` returns every block's output, stage by stage: a list of ``len(layers)`` lists.
+    """
+
+    def __init__(self, base_filters, layers=(3, 4, 6, 3), **kwargs):
+        super().__init__(**kwargs)
+        self.stem = keras.layers.Conv2D(base_filters, 7, padding="same")
+        self.pool = keras.layers.MaxPooling2D(2)
+        self.stages = [[BasicBlock(base_filters * 2**stage, project=(block == 0)) for block in range(count)]
+                       for stage, count in enumerate(layers)]
+
+    def call(self, image, training=False):
+        features = self.pool(self.stem(image))
+        rungs = []
+        for stage, blocks in enumerate(self.stages):
+            if stage > 0:
+                features = self.pool(features)
+            outputs = []
+            for block in blocks:
+                features = block(features, training=training)
+                outputs.append(features)
+            rungs.append(outputs)
+        return rungs
+
+
+class SegmentationHead(keras.layers.Layer):
+    """Back to full size: 2x2 transposed conv (+ ReLU), conv 3x3 + ReLU, conv 3x3 to 1 channel, sigmoid."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.Conv2DTranspose(filters, 2, strides=2, activation="relu")
+        self.conv = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")
+        self.logits = keras.layers.Conv2D(1, 3, padding="same")
+        self.probability = keras.layers.Activation("sigmoid", dtype="float32")
+
+    def call(self, features):
+        return self.probability(self.logits(self.conv(self.up(features))))
+
+
+class CFCM34(keras.Model):
+    """CFCM: a ResNet34 ladder encoder and one ConvLSTM per stage, read coarse to fine.
+
+    Args:
+        base_filters: kernels of the first stage (64 in the paper).
+        layers: basic blocks per stage (ResNet34: 3, 4, 6, 3).
+    """
+
+    def __init__(self, base_filters=64, layers=(3, 4, 6, 3), **kwargs):
+        super().__init__(**kwargs)
+        channels = [base_filters * 2**stage for stage in range(len(layers))]
+        self.encoder = LadderEncoder(base_filters, layers)
+        self.memories = [ConvLSTMCell(c, name=f"convlstm_{s + 1}") for s, c in enumerate(channels)]
+        # carries[s - 1] takes the state of stage s (2 * channels[s]) to stage s - 1 (2 * channels[s - 1])
+        self.carries = [keras.layers.Conv2DTranspose(2 * channels[s - 1], 2, strides=2, activation="relu",
+                                                     name=f"carry_{s + 1}_to_{s}")
+                        for s in range(1, len(layers))]
+        self.head = SegmentationHead(base_filters)
+
+    def call(self, image, training=False):
+        rungs = self.encoder(image, training=training)
+        deepest = rungs[-1][-1]
+        state = keras.ops.concatenate([keras.ops.zeros_like(deepest)] * 2, axis=-1)
+        for stage in reversed(range(len(rungs))):
+            if stage < len(rungs) - 1:
+                state = self.carries[stage](state)
+            for features in reversed(rungs[stage]):
+                hidden, state = self.memories[stage](features, state)
+        return self.head(hidden)
+
+
+class LadderNet(keras.Model):
+    """The plain ResNet34 ladder: the same encoder, skips fused by summation or concatenation.
+
+    Coarse to fine, each stage fuses the upsampled decoder features with every block output of
+    the stage (added, or concatenated), then a 3x3 convolution, batch normalisation and ReLU.
+    """
+
+    def __init__(self, base_filters=64, layers=(3, 4, 6, 3), fusion="sum", **kwargs):
+        super().__init__(**kwargs)
+        if fusion not in ("sum", "concat"):
+            raise ValueError(f"fusion must be 'sum' or 'concat', not {fusion!r}")
+        channels = [base_filters * 2**stage for stage in range(len(layers))]
+        self.fusion = fusion
+        self.encoder = LadderEncoder(base_filters, layers)
+        self.mixers = [keras.layers.Conv2D(c, 3, padding="same") for c in channels]
+        self.norms = [keras.layers.BatchNormalization(momentum=0.9) for _ in channels]
+        self.ups = [keras.layers.Conv2DTranspose(channels[s - 1], 2, strides=2, activation="relu")
+                    for s in range(1, len(layers))]
+        self.head = SegmentationHead(base_filters)
+
+    def call(self, image, training=False):
+        rungs = self.encoder(image, training=training)
+        decoded = None
+        for stage in reversed(range(len(rungs))):
+            parts = list(rungs[stage]) if decoded is None else [self.ups[stage](decoded), *rungs[stage]]
+            fused = keras.ops.concatenate(parts, axis=-1) if self.fusion == "concat" else sum(parts)
+            decoded = keras.ops.relu(self.norms[stage](self.mixers[stage](fused), training=training))
+        return self.head(decoded)
+
+
+def make_steps(net, optimizer, xla=False):
+    """The training and validation steps for ``net``, compiled by ``tf.function`` (XLA if asked)."""
+
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def train_step(image, label):
+        with tf.GradientTape() as tape:
+            pred = net(image, training=True)
+            loss = dice_loss(pred, label)
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, net.trainable_variables)
+        optimizer.apply(gradients, net.trainable_variables)
+        return loss, dice_score(pred, label)
+
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def validation_step(image, label):
+        pred = net(image, training=False)
+        return dice_loss(pred, label), dice_score(pred, label), pred
+
+    return train_step, validation_step

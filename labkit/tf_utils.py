@@ -1,0 +1,166 @@
+"""TensorFlow helpers for Lab 2: GPU memory growth, seeding, mixed precision, checkpoints.
+
+Imported only by the Lab 2 notebook and its tests (``import labkit`` never imports TensorFlow).
+
+Example:
+    >>> from labkit import tf_utils
+    >>> info = tf_utils.configure(seed=42)            # doctest: +SKIP
+    >>> manager = tf_utils.save_checkpoint("runs/x", net=net, optimizer=optimizer, epoch=epoch)  # doctest: +SKIP
+    >>> tf_utils.restore_checkpoint("runs/x", net=net, optimizer=optimizer, epoch=epoch)         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TFSetup:
+    """What :func:`configure` found and switched on."""
+
+    device: str  # "GPU: <name>" or "CPU"
+    gpus: int
+    mixed_precision: bool
+    xla: bool
+    deterministic: bool
+
+    def __str__(self) -> str:
+        return (f"TensorFlow {tf.__version__} on {self.device} | mixed precision "
+                f"{'on' if self.mixed_precision else 'off'} | XLA {'on' if self.xla else 'off'} | "
+                f"deterministic ops {'on' if self.deterministic else 'off'}")
+
+
+def configure(seed: int, mixed_precision: bool = False, xla: bool = False) -> TFSetup:
+    """Set TensorFlow up for the lab: memory growth, seeds, precision, determinism.
+
+    Mixed precision and XLA are switched on only when a GPU is visible (they slow a CPU
+    down); on a CPU the ops are made deterministic so a seeded run replays exactly.
+
+    Args:
+        seed: seeds Python's, NumPy's and TensorFlow's generators (``keras.utils.set_random_seed``).
+        mixed_precision: float16 compute with float32 weights (``mixed_float16`` policy), GPU only.
+        xla: whether the training step should be compiled with XLA (``jit_compile``), GPU only.
+
+    Returns:
+        A :class:`TFSetup` saying what is on; ``str()`` of it is a one-line summary.
+    """
+    import keras
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPU was already initialised: growth can no longer change
+            pass
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    use_mixed = bool(mixed_precision and gpus)
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    deterministic = not gpus
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    device = f"GPU: {_gpu_name(gpus[0])}" if gpus else "CPU"
+    return TFSetup(device=device, gpus=len(gpus), mixed_precision=use_mixed,
+                   xla=bool(xla and gpus), deterministic=deterministic)
+
+
+def _gpu_name(gpu) -> str:
+    try:
+        return tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+    except (RuntimeError, ValueError):
+        return gpu.name
+
+
+def _manager(folder: str | os.PathLike, max_to_keep: int, **objects) -> tf.train.CheckpointManager:
+    if not objects:
+        raise ValueError("nothing to checkpoint: pass the objects as keywords, e.g. net=net, optimizer=optimizer")
+    checkpoint = tf.train.Checkpoint(**objects)
+    directory = Path(folder) / CHECKPOINT_FOLDER
+    return tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=max_to_keep)
+
+
+def save_checkpoint(folder: str | os.PathLike, number: int | None = None, max_to_keep: int = 2,
+                    **objects) -> Path:
+    """Save ``objects`` (a model, an optimizer, a ``tf.Variable`` epoch...) under ``folder/checkpoints``.
+
+    TensorFlow writes the data files first and then atomically replaces the small
+    ``checkpoint`` index file that names the latest save, so an interrupted save leaves the
+    previous checkpoint in use. Only the ``max_to_keep`` newest saves are kept.
+
+    Args:
+        folder: the run folder.
+        number: the checkpoint's number (e.g. the epoch); default one more than the newest.
+        max_to_keep: how many saves to keep.
+        **objects: what to save, by name.
+
+    Returns:
+        The path prefix of the new checkpoint.
+    """
+    manager = _manager(folder, max_to_keep, **objects)
+    if number is None:
+        latest = latest_checkpoint(folder)
+        number = int(latest.name.rsplit("-", 1)[-1]) + 1 if latest else 1
+    return Path(manager.save(checkpoint_number=int(number)))
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``folder/checkpoints``, or None."""
+    found = tf.train.latest_checkpoint(str(Path(folder) / CHECKPOINT_FOLDER))
+    return Path(found) if found else None
+
+
+def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
+    """Restore ``objects`` from the newest checkpoint under ``folder/checkpoints``.
+
+    The objects must be built (call the model once on a batch) so every variable exists.
+
+    Returns:
+        The restored checkpoint's path, or None when the folder has none (a fresh run).
+
+    Raises:
+        ValueError: when the checkpoint does not fit the objects (another model or settings),
+            naming the folder and what to do.
+    """
+    path = latest_checkpoint(folder)
+    if path is None:
+        return None
+    checkpoint = tf.train.Checkpoint(**objects)
+    try:
+        status = checkpoint.restore(str(path))
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise CheckpointMismatch(
+            f"{path}: this checkpoint does not fit the model being trained ({_first_line(error)}). "
+            f"It was written by another model or other settings: choose another RUN_NAME or "
+            f"delete {Path(folder) / CHECKPOINT_FOLDER}."
+        ) from None
+    return path
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint exists but was written for another model or other settings."""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def count_parameters(net) -> int:
+    """Trainable parameters of a built Keras model."""
+    return int(sum(np.prod(variable.shape) for variable in net.trainable_weights))
+
+
+__all__ = ["CheckpointMismatch", "TFSetup", "configure", "count_parameters", "latest_checkpoint",
+           "restore_checkpoint", "save_checkpoint"]

@@ -1,0 +1,488 @@
+"""Lab 2 (CFCM, TensorFlow) on several devices with ``tf.distribute``.
+
+``python -m labkit.train cfcm --strategy mirrored|multiworker|default [options]``
+
+=============  ==================================================================
+strategy       devices
+=============  ==================================================================
+mirrored       every GPU of this machine (``MirroredStrategy``); without GPUs the CPU,
+               which ``--cpu-devices N`` splits into N logical devices (for tests)
+multiworker    every GPU of several machines (``MultiWorkerMirroredStrategy``); each
+               machine runs the same command with its own ``TF_CONFIG``
+default        one device, no strategy (the notebook's behaviour)
+=============  ==================================================================
+
+The network (``CFCM34`` / ``LadderNet``) and the training and validation steps
+(``make_steps``) come from ``labkit.labs.cfcm``, written from the notebook by ``make export``.
+Each replica runs the notebook's training step on its slice of the global batch
+(``strategy.run``); the losses are averaged across replicas (``strategy.reduce``).
+
+Batches: ``--batch-size`` is per replica; the global batch is that times the replicas. A
+worker's ``BatchIterator`` holds its share of the cases (``rank`` = worker index) and hands
+each local replica its slice through ``strategy.experimental_distribute_values_from_function``.
+
+Gradients: Keras optimisers SUM the replicas' gradients; the notebook's loss is a per-replica
+mean, so the optimiser is handed to the step through :class:`ReplicaMeanOptimizer`, which
+divides each gradient by the number of replicas first: the update is that of the mean
+gradient over the global batch, as on one device with the global batch.
+
+Outputs (written by the chief only): ``<runs>/cfcm-<profile>-<run name>/`` with
+``checkpoints/`` (the notebook's format: a run continues in either), ``history.json``,
+``settings.json`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from labkit import metrics as labkit_metrics  # noqa: E402
+from labkit.train import common  # noqa: E402
+from labkit.train.common import TrainError  # noqa: E402
+
+STRATEGIES = ("mirrored", "multiworker", "default")
+MODELS = {"cfcm34": ("CFCM34", {}), "ladder-sum": ("LadderNet", {"fusion": "sum"}),
+          "ladder-concat": ("LadderNet", {"fusion": "concat"})}
+
+
+# ----------------------------------------------------------------------------------------------
+# Strategy and workers
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Workers:
+    """This machine's place in a (multi-worker) run."""
+
+    index: int = 0
+    count: int = 1
+    is_chief: bool = True
+
+
+def split_cpu(count: int) -> None:
+    """Split the CPU into ``count`` logical devices (before TensorFlow starts its runtime).
+
+    Raises:
+        TrainError: when TensorFlow has already started and the split can no longer be made.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError:
+        raise TrainError("--cpu-devices must take effect before TensorFlow starts; run the trainer "
+                         "in a fresh process (python -m labkit.train cfcm ...)") from None
+
+
+def read_tf_config(environ=None) -> dict:
+    """The parsed ``TF_CONFIG`` (``{}`` when unset).
+
+    Raises:
+        TrainError: when it is not JSON or lacks the ``cluster`` / ``task`` entries.
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise TrainError(f"TF_CONFIG is not valid JSON ({error}); see docs/TRAINING_BEYOND_ONE_GPU.md") from None
+    if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
+        raise TrainError("TF_CONFIG needs a 'cluster' (worker addresses) and a 'task' ({'type': "
+                         "'worker', 'index': i}); see docs/TRAINING_BEYOND_ONE_GPU.md")
+    return config
+
+
+def workers_from_tf_config(config: dict) -> Workers:
+    """Worker index / count and whether this one is the chief (worker 0 unless a chief is listed)."""
+    if not config:
+        return Workers()
+    cluster, task = config["cluster"], config["task"]
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    position = index if kind == "chief" else chiefs + index
+    is_chief = kind == "chief" or (kind == "worker" and index == 0 and chiefs == 0)
+    return Workers(index=position, count=max(1, chiefs + workers), is_chief=is_chief)
+
+
+def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Workers]:
+    """The ``tf.distribute`` strategy called ``name`` and this machine's place in it.
+
+    Raises:
+        TrainError: ``multiworker`` without ``TF_CONFIG``, or an unknown name.
+    """
+    if name == "multiworker":
+        config = read_tf_config()
+        if not config:
+            raise TrainError("--strategy multiworker needs TF_CONFIG on every machine (cluster "
+                             "addresses and this machine's index); see docs/TRAINING_BEYOND_ONE_GPU.md")
+        return tf.distribute.MultiWorkerMirroredStrategy(), workers_from_tf_config(config)
+    if name == "mirrored":
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")]
+        if devices:
+            return tf.distribute.MirroredStrategy(devices), Workers()
+        devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice()), Workers()
+    if name == "default":
+        return tf.distribute.get_strategy(), Workers()
+    raise TrainError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+class ReplicaMeanOptimizer:
+    """The optimiser as the notebook's step sees it: gradients divided by the replica count.
+
+    Keras optimisers all-reduce gradients with a SUM across replicas; the notebook's step
+    differentiates a per-replica mean loss. Dividing each gradient by the number of replicas
+    first makes the applied update that of the mean over the global batch. Everything else
+    (``scale_loss``, ``learning_rate``, ``iterations``...) is the wrapped optimiser's.
+
+    Args:
+        optimizer: a built Keras optimiser (what checkpoints save).
+        replicas: ``strategy.num_replicas_in_sync``.
+    """
+
+    def __init__(self, optimizer, replicas: int):
+        self.optimizer = optimizer
+        self.replicas = int(replicas)
+
+    def apply(self, gradients, variables=None):
+        """Apply the replica-mean gradients (the wrapped optimiser all-reduces them)."""
+        if self.replicas > 1:
+            gradients = [None if gradient is None else gradient / self.replicas for gradient in gradients]
+        return self.optimizer.apply(gradients, variables)
+
+    def apply_gradients(self, pairs):
+        """``apply`` for ``[(gradient, variable), ...]``."""
+        pairs = list(pairs)
+        return self.apply([gradient for gradient, _ in pairs], [variable for _, variable in pairs])
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def load_cases(max_cases: int | None) -> tuple[dict, str]:
+    """The lung split (every split capped at ``max_cases``, as in the notebook) and the data source."""
+    from labkit import paths
+    from labkit.data import lung
+
+    split = lung.load_splits()
+    limit = None if max_cases is None else int(max_cases)
+    return ({name: list(cases)[:limit] for name, cases in split.items()},
+            paths.data_source(lung.dataset_dir()))
+
+
+def make_batches(cases: dict, settings, seed: int, local_batch: int, workers: Workers,
+                 worker_count_for_data: int, augment: bool, prepare_workers=None) -> dict:
+    """``BatchIterator`` s: training sharded across workers (full batches), evaluation whole.
+
+    Args:
+        local_batch: cases per step on this worker (per-replica batch x local replicas).
+        worker_count_for_data: how many workers share the training cases.
+    """
+    from labkit.data import lung
+    from labkit.data.batching import BatchIterator
+    from labkit.data.transforms import RandomAffine, RandomIntensity, Shuffle
+
+    preprocessing = lung.preprocessing(settings.image_size)
+    augmentation = [RandomAffine(["image", "label"], orders=(1, 0), degrees=5.0, scale=(0.95, 1.05), spatial_dims=2),
+                    RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.05, 0.05))] if augment else []
+    common_options = dict(before=preprocessing, seed=seed, workers=prepare_workers, progress=False)
+    train = BatchIterator(cases["train"], local_batch, each_epoch=[Shuffle()], each_batch=augmentation,
+                          shuffle=False, drop_last=True, rank=workers.index,
+                          world_size=worker_count_for_data, **common_options)
+    if len(train) == 0:
+        raise TrainError(f"{len(cases['train'])} training cases cannot fill one step of {local_batch} "
+                         f"cases on this worker; lower --batch-size or use fewer devices")
+    evaluation = {name: BatchIterator(cases[name], settings.batch_size, shuffle=False, **common_options)
+                  for name in ("train", "validation", "test") if cases[name]}
+    return {"train": train, "evaluation": evaluation}
+
+
+def distribute_batch(strategy, batch: dict, per_replica: int, first_replica: int):
+    """The batch's ``(image, label)`` as per-replica values: replica r gets its own slice."""
+    image = batch["image"][..., None].astype(np.float32)
+    label = batch["label"][..., None].astype(np.float32)
+
+    def slice_for(array):
+        def value(context):
+            local = context.replica_id_in_sync_group - first_replica
+            return tf.constant(array[local * per_replica:(local + 1) * per_replica])
+        return strategy.experimental_distribute_values_from_function(value)
+
+    return slice_for(image), slice_for(label)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, steps, checkpoints
+# ----------------------------------------------------------------------------------------------
+def build_model(lab, model: str, settings, setup, blocks=None):
+    """The lab's network (under the current strategy scope), built, with its optimiser.
+
+    Args:
+        blocks: basic blocks per encoder stage (None: ResNet34's 3, 4, 6, 3).
+    """
+    import keras
+
+    class_name, options = MODELS[model]
+    net_class = common.lab_attribute(lab, (class_name,), f"{class_name} class")
+    if blocks is not None:
+        options = {**options, "layers": tuple(blocks)}
+    net = net_class(settings.base_filters, **options)
+    optimizer = keras.optimizers.Adam(settings.lr)
+    if setup.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    net(tf.zeros((1, *settings.image_size, 1)))  # every weight exists before restoring
+    optimizer.build(net.trainable_variables)
+    return net, optimizer
+
+
+def make_distributed_step(strategy, train_step):
+    """``strategy.run`` of the notebook's step on every replica, losses averaged across them."""
+
+    @tf.function
+    def distributed_step(image, label):
+        loss, score = strategy.run(train_step, args=(image, label))
+        mean = tf.distribute.ReduceOp.MEAN
+        return strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, score, axis=None)
+
+    return distributed_step
+
+
+def average_statistics(strategy, net) -> None:
+    """Average the non-trainable float weights (batch-norm moving statistics) over the replicas.
+
+    Each replica updates its copy of the moving mean and variance from its own slice of the
+    batch, so the copies drift apart; averaging them (once per epoch, before validating and
+    saving) gives every replica, and the checkpoint, the statistics of the whole global batch.
+    Trainable weights need nothing: the optimiser keeps them identical.
+    """
+    weights = [weight for weight in net.non_trainable_weights if "float" in str(weight.dtype)]
+    if strategy.num_replicas_in_sync == 1 or not weights:
+        return
+
+    def replica_average():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(_tf_variable(w)) for w in weights])
+        for weight, mean in zip(weights, means):
+            weight.assign(mean)
+
+    tf.function(lambda: strategy.run(replica_average))()
+
+
+def replica_weight_spread(strategy, net) -> float:
+    """The largest difference between the local replicas' copies of any weight (0.0 when in sync)."""
+    spread = 0.0
+    for variable in net.weights:
+        copies = [np.asarray(copy) for copy in strategy.experimental_local_results(_tf_variable(variable))]
+        for copy in copies[1:]:
+            spread = max(spread, float(np.max(np.abs(copy - copies[0]))) if copy.size else 0.0)
+    return spread
+
+
+def _tf_variable(variable):
+    return getattr(variable, "value", variable)
+
+
+def save_state(folder: Path, workers: Workers, number: int, state: dict) -> None:
+    """The chief writes the run folder's checkpoint; other workers write a throw-away copy.
+
+    Every worker takes part in a multi-worker save (TensorFlow's rule); only the chief's is kept.
+    """
+    from labkit import tf_utils
+
+    if workers.is_chief:
+        tf_utils.save_checkpoint(folder, number=number, **state)
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=f"labkit-worker-{workers.index}-"))
+    try:
+        tf_utils.save_checkpoint(scratch, number=number, **state)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def evaluate(validation_step, batches, limit: int | None = None) -> tuple[dict, float, float]:
+    """Per-case Dice of the binarised prediction, and the mean loss and Dice over ``batches``."""
+    scores, totals, count = {}, np.zeros(2), 0
+    for number, batch in enumerate(batches):
+        if limit is not None and number >= limit:
+            break
+        image = tf.constant(batch["image"][..., None].astype(np.float32))
+        label = tf.constant(batch["label"][..., None].astype(np.float32))
+        loss, score, pred = validation_step(image, label)
+        totals += len(batch["id"]) * np.array([float(loss), float(score)])
+        count += len(batch["id"])
+        for case_id, case_pred, case_label in zip(batch["id"], np.asarray(pred)[..., 0], batch["label"]):
+            scores[case_id] = labkit_metrics.dice(case_pred > 0.5, case_label > 0.5)
+    loss, score = totals / max(count, 1)
+    return scores, float(loss), float(score)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m labkit.train cfcm",
+        description="Train Lab 2's CFCM network with tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy).")
+    common.add_common_arguments(parser)
+    parser.add_argument("--strategy", choices=STRATEGIES, default="mirrored",
+                        help="mirrored: this machine's GPUs; multiworker: several machines (TF_CONFIG); default: one device")
+    parser.add_argument("--model", choices=tuple(MODELS), default="cfcm34", help="the lab's network to train")
+    parser.add_argument("--blocks", type=common.size_argument, default=None,
+                        help="basic blocks per encoder stage, e.g. 1,1,1,1 for quick checks (default: 3,4,6,3)")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="split the CPU into N logical devices (try MirroredStrategy without a GPU)")
+    parser.add_argument("--no-augment", action="store_true", help="train without the random affine / intensity changes")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train as ``args`` say; returns the metrics record (written by the chief)."""
+    from labkit import runs, tf_utils
+
+    common.apply_environment(args)
+    profile, settings = common.settings_from_arguments(args, "cfcm")
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            raise TrainError(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+        split_cpu(args.cpu_devices)
+    setup = tf_utils.configure(seed=profile.seed, mixed_precision=settings.mixed_precision, xla=settings.xla)
+    strategy, workers = make_strategy(args.strategy)
+    replicas = strategy.num_replicas_in_sync
+    local_replicas = max(1, replicas // workers.count)
+    lr = common.scaled_lr(settings.lr, replicas, args.lr_scaling)
+    settings = profile.with_cfcm(lr=lr).cfcm
+    name = f"{profile.name}-{args.run_name or args.strategy}"
+    folder = common.run_folder("cfcm", name)
+    log = common.RunLog(folder, workers.is_chief)
+    log.info(f"{setup} | {type(strategy).__name__}: {replicas} replica(s) on {workers.count} worker(s) | "
+             f"batch {settings.batch_size} per replica, {settings.batch_size * replicas} global | lr {lr:g}")
+
+    cases, data_source = load_cases(settings.max_cases)
+    batches = make_batches(cases, settings, profile.seed, settings.batch_size * local_replicas, workers,
+                           workers.count, augment=not args.no_augment, prepare_workers=args.workers)
+    lab = common.import_lab("cfcm")
+    make_steps = common.lab_attribute(lab, ("make_steps",), "make_steps(net, optimizer, xla) function")
+    with strategy.scope():
+        import keras
+
+        keras.utils.set_random_seed(profile.seed)  # the same initial weights on every worker
+        net, optimizer = build_model(lab, args.model, settings, setup, args.blocks)
+        epoch = tf.Variable(0, dtype=tf.int64)
+    state = dict(net=net, optimizer=optimizer, epoch=epoch)
+    current_settings = {"lab": "cfcm", "model": args.model, **asdict(settings),
+                        "blocks": list(args.blocks) if args.blocks else [3, 4, 6, 3], "strategy": args.strategy,
+                        "replicas": replicas, "workers": workers.count, "seed": profile.seed}
+    history = _restore(folder, state, current_settings, args.fresh, log)
+    log.history = history
+    if workers.is_chief:
+        common.write_settings(folder, current_settings)
+
+    xla = setup.xla and replicas == 1  # collectives inside an XLA-compiled step: not on every platform
+    train_step, validation_step = make_steps(net, ReplicaMeanOptimizer(optimizer, replicas), xla=xla)
+    distributed_step = make_distributed_step(strategy, train_step)
+    first_replica = workers.index * local_replicas
+    for current in range(int(epoch.numpy()), settings.max_epochs):
+        train_loss, train_dice = _train_epoch(strategy, distributed_step, batches["train"], current,
+                                              settings.batch_size, first_replica, args.steps_per_epoch)
+        average_statistics(strategy, net)
+        validation = batches["evaluation"].get("validation")
+        validation_loss, validation_dice = (evaluate(validation_step, validation, args.eval_batches)[1:]
+                                            if validation is not None else (float("nan"), float("nan")))
+        epoch.assign(current + 1)
+        save_state(folder, workers, current + 1, state)
+        log.epoch(current, settings.max_epochs, train_loss=train_loss, validation_loss=validation_loss,
+                  train_dice=train_dice, validation_dice=validation_dice)
+
+    spread = replica_weight_spread(strategy, net)
+    scores = {split: evaluate(validation_step, iterator, args.eval_batches)[0]
+              for split, iterator in batches["evaluation"].items()} if workers.is_chief else {}
+    record = common.metrics_record(
+        "cfcm", profile, f"{setup.device} x{replicas} ({type(strategy).__name__})", data_source,
+        int(epoch.numpy()), log.elapsed(), scores, model=args.model, strategy=args.strategy,
+        replicas=replicas, workers=workers.count, per_replica_batch_size=settings.batch_size,
+        global_batch_size=settings.batch_size * replicas, lr=lr, lr_scaling=args.lr_scaling,
+        replica_weight_spread=spread, history=log.history, settings=current_settings,
+        mixed_precision=setup.mixed_precision, xla=xla)
+    if workers.is_chief:
+        path = runs.write_metrics(folder, record)
+        log.info(f"wrote {path} | train Dice {_shown(record['train_dice'])} | validation Dice "
+                 f"{_shown(record['validation_dice'])} | test Dice {_shown(record['test_dice'])}")
+    return record
+
+
+def _shown(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _restore(folder: Path, state: dict, current_settings: dict, fresh: bool, log) -> dict:
+    """Restore the last checkpoint (unless ``fresh``); returns the history to continue."""
+    from labkit import tf_utils
+
+    if fresh:
+        if (folder / tf_utils.CHECKPOINT_FOLDER).exists() and log.is_main:
+            shutil.rmtree(folder / tf_utils.CHECKPOINT_FOLDER)
+        return {}
+    saved = _read_json(folder / common.SETTINGS_FILE)
+    if tf_utils.latest_checkpoint(folder) is not None:
+        common.check_same_settings(saved, current_settings, folder)
+    restored = tf_utils.restore_checkpoint(folder, **state)
+    if restored is None:
+        return {}
+    log.info(f"resuming from {restored.name}: {int(state['epoch'].numpy())} epoch(s) done")
+    return _read_json(folder / common.HISTORY_FILE) or {}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def _train_epoch(strategy, distributed_step, batches, epoch: int, per_replica: int, first_replica: int,
+                 max_steps: int | None) -> tuple[float, float]:
+    """One epoch of distributed steps; the mean (over steps) of the replica-averaged loss and Dice."""
+    batches.set_epoch(epoch)
+    totals, steps = np.zeros(2), 0
+    for batch in batches:
+        if max_steps is not None and steps >= max_steps:
+            break
+        image, label = distribute_batch(strategy, batch, per_replica, first_replica)
+        loss, score = distributed_step(image, label)
+        totals += np.array([float(loss), float(score)])
+        steps += 1
+    return tuple(totals / max(steps, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (2 with a one-line message on bad input)."""
+    args = build_parser().parse_args(argv)
+    from labkit.data.errors import DataError
+    from labkit.tf_utils import CheckpointMismatch
+
+    try:
+        run(args)
+    except (TrainError, DataError, CheckpointMismatch) as error:
+        print(f"labkit.train cfcm: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["ReplicaMeanOptimizer", "STRATEGIES", "Workers", "build_parser", "distribute_batch",
+           "make_distributed_step", "make_strategy", "main", "read_tf_config", "replica_weight_spread",
+           "run", "split_cpu", "workers_from_tf_config"]

@@ -1,0 +1,33 @@
+"""Viewing: slices of volumes, X-ray galleries, live training curves, progress bars.
+
+Pure matplotlib functions underneath (``plot_slices``, ``plot_gallery``, ``plot_curves``) that
+return a figure and work in a script or a test with the Agg backend; thin ipywidgets viewers
+on top (``SliceViewer``, ``Gallery``) for JupyterLab. When headless (``LABKIT_HEADLESS=1``, or
+no IPython kernel) nothing live is drawn: the viewers show one static figure, the training
+board prints one line per epoch and progress bars are silent.
+
+Example:
+    >>> from labkit.viz import show_volume, TrainingBoard, progress
+    >>> show_volume(case)                      # three planes, sliders, overlays
+    >>> board = TrainingBoard(max_epochs=20)   # board.update(epoch, train_loss=...)
+"""
+
+from labkit.viz.board import TrainingBoard, plot_curves
+from labkit.viz.display import is_headless
+from labkit.viz.gallery import plot_gallery
+from labkit.viz.progress_bar import progress
+from labkit.viz.slices import plot_slices
+from labkit.viz.widgets import Gallery, SliceViewer, show_gallery, show_volume
+
+__all__ = [
+    "is_headless",
+    "plot_slices",
+    "SliceViewer",
+    "show_volume",
+    "plot_gallery",
+    "Gallery",
+    "show_gallery",
+    "TrainingBoard",
+    "plot_curves",
+    "progress",
+]

@@ -1,0 +1,263 @@
+"""Training curves: a pure plotting function and a live board redrawn in place.
+
+The board keeps a history such as ``{'epoch': [0, 1], 'train_loss': [...], 'validation_dice':
+[...]}``. In a front end it redraws one picture under the cell each epoch; headless (CI, a
+script, ``LABKIT_HEADLESS=1``) it prints one line per epoch, and :meth:`TrainingBoard.close`
+shows the final curves once so that an executed notebook still holds them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from labkit.data.errors import DataError
+from labkit.viz.display import in_kernel, is_headless, new_figure, png_output, show_static
+
+SPLIT_STYLES = {"train": ("#1f77b4", "-"), "validation": ("#d62728", "-"), "test": ("#2ca02c", "--")}
+HIGHER_IS_BETTER = ("dice", "accuracy", "iou", "jaccard")
+
+
+def series_for(history: dict, metric: str) -> dict[str, str]:
+    """``{history key: legend name}`` of the series that belong to ``metric`` (``loss`` ...)."""
+    keys = [key for key in history if key != "epoch" and (key == metric or key.endswith(f"_{metric}"))]
+    return {key: key.replace("_", " ") for key in keys}
+
+
+def metrics_in(history: dict) -> list[str]:
+    """The metric names in a history: ``train_loss`` and ``validation_loss`` give ``loss``."""
+    names = []
+    for key in history:
+        if key == "epoch":
+            continue
+        name = key.split("_", 1)[1] if key.split("_", 1)[0] in SPLIT_STYLES and "_" in key else key
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def best_epoch(history: dict) -> tuple[int, str, float] | None:
+    """The best validation epoch: highest validation Dice, else lowest validation loss.
+
+    Returns:
+        ``(epoch, key, value)``, or None when the history has no validation values yet.
+    """
+    for key, higher in (("validation_dice", True), ("validation_loss", False)):
+        values = np.asarray(history.get(key, []), dtype=float)
+        if values.size and np.isfinite(values).any():
+            position = int(np.nanargmax(values) if higher else np.nanargmin(values))
+            return int(history["epoch"][position]), key, float(values[position])
+    return None
+
+
+def plot_curves(history: dict, axes=None, *, metrics: Sequence[str] | None = None,
+                title: str | None = None, eta: str | None = None) -> Figure:
+    """Plot each metric's train / validation curves against the epoch, best epoch marked.
+
+    Args:
+        history: ``{'epoch': [...], 'train_loss': [...], 'validation_dice': [...], ...}``; a
+            missing value is NaN and is skipped.
+        axes: one Axes per metric to draw into; a new figure when None.
+        metrics: which metrics to plot, in order; all found in the history when None.
+        title: figure title.
+        eta: a short text (e.g. ``"ETA 0:02:10"``) written at the top right.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> fig = plot_curves({"epoch": [0, 1], "train_loss": [0.9, 0.7], "validation_loss": [0.95, 0.8]})
+    """
+    _check_history(history)
+    metrics = list(metrics or metrics_in(history)) or ["loss"]
+    figure, axes = _figure_and_axes(axes, len(metrics))
+    best = best_epoch(history)
+    for metric, ax in zip(metrics, axes, strict=True):
+        _draw_metric(ax, history, metric, best)
+    top = " · ".join(part for part in (title, _best_text(best), eta) if part)
+    if top:
+        figure.suptitle(top, fontsize=10)
+    return figure
+
+
+def _draw_metric(ax, history, metric, best):
+    epochs = np.asarray(history.get("epoch", []), dtype=float)
+    for key, name in series_for(history, metric).items():
+        values = np.asarray(history[key], dtype=float)
+        keep = np.isfinite(values)
+        colour, style = SPLIT_STYLES.get(key.split("_", 1)[0], (None, "-"))
+        ax.plot(epochs[keep], values[keep], style, color=colour, marker="o", markersize=3,
+                label=name)
+    if best is not None:
+        ax.axvline(best[0], color="#555555", linestyle=":", linewidth=1)
+        key = f"validation_{metric}"
+        if key in history:
+            value = history[key][history["epoch"].index(best[0])]
+            if value is not None and math.isfinite(value):
+                ax.plot([best[0]], [value], marker="*", markersize=12, color="#ff9900",
+                        linestyle="none", label=f"best (epoch {best[0]})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _best_text(best) -> str | None:
+    if best is None:
+        return None
+    return f"best epoch {best[0]} ({best[1].replace('_', ' ')} {best[2]:.4f})"
+
+
+def _figure_and_axes(axes, count):
+    if axes is None:
+        figure = new_figure(4.6 * count, 3.4)
+        axes = np.atleast_1d(figure.subplots(1, count))
+        figure.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.15, wspace=0.25)
+        return figure, list(axes)
+    axes = list(np.ravel(axes))
+    if len(axes) != count:
+        raise DataError(None, f"plot_curves needs {count} axes (one per metric), got {len(axes)}",
+                        "pass one Axes per metric or axes=None")
+    return axes[0].figure, axes
+
+
+def _check_history(history):
+    if not isinstance(history, dict) or "epoch" not in history:
+        raise DataError(None, "the history is not a dict with an 'epoch' list",
+                        "pass board.history or {'epoch': [...], 'train_loss': [...], ...}")
+    lengths = {key: len(values) for key, values in history.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(None, f"the history's lists have different lengths {lengths}",
+                        "give every list one value per epoch (NaN where there is none)")
+
+
+class TrainingBoard:
+    """Live train / validation curves, redrawn in place once per epoch.
+
+    Args:
+        metrics: the metrics to plot, one panel each (``'loss'``, ``'dice'``, ...).
+        max_epochs: the planned number of epochs, for the ETA (one update per epoch).
+        title: shown above the curves.
+
+    Example:
+        >>> board = TrainingBoard(max_epochs=10)
+        >>> for epoch in range(10):
+        ...     board.update(epoch, train_loss=0.5, validation_loss=0.6, validation_dice=0.7)
+        >>> board.close()
+    """
+
+    def __init__(self, metrics: Sequence[str] = ("loss", "dice"), max_epochs: int | None = None,
+                 title: str | None = None):
+        self.metrics = tuple(metrics)
+        self.max_epochs = max_epochs
+        self.title = title
+        self.history: dict[str, list] = {"epoch": []}
+        self.headless = is_headless()
+        self._started = time.perf_counter()
+        self._handle = None
+        self._closed = False
+
+    def update(self, epoch: int, **values: float) -> None:
+        """Record the values of one epoch, then redraw (or print one line when headless).
+
+        Args:
+            epoch: the epoch number.
+            **values: e.g. ``train_loss=0.41, validation_loss=0.45, validation_dice=0.62``;
+                tensors and numpy scalars are fine.
+        """
+        self._record(int(epoch), {key: _as_float(key, value) for key, value in values.items()})
+        if self.headless:
+            print(self.text_line(), flush=True)
+        else:
+            self._redraw()
+
+    def text_line(self) -> str:
+        """The headless line for the latest epoch: values, best epoch and ETA."""
+        epoch = self.history["epoch"][-1]
+        of = f"/{self.max_epochs}" if self.max_epochs else ""
+        parts = [f"epoch {epoch}{of}"]
+        for key, values in self.history.items():
+            if key != "epoch" and math.isfinite(values[-1]):
+                parts.append(f"{key} {values[-1]:.4f}")
+        best = best_epoch(self.history)
+        if best is not None:
+            parts.append(f"best epoch {best[0]}")
+        parts.append(self.eta_text())
+        return " | ".join(parts)
+
+    def eta_text(self) -> str:
+        """``"12.3 s/epoch, ETA 0:01:40"`` (no ETA without ``max_epochs``)."""
+        done = len(self.history["epoch"])
+        per_epoch = (time.perf_counter() - self._started) / max(done, 1)
+        text = f"{per_epoch:.1f} s/epoch"
+        if self.max_epochs:
+            remaining = max(self.max_epochs - done, 0) * per_epoch
+            text += f", ETA {_clock(remaining)}"
+        return text
+
+    def figure(self) -> Figure:
+        """The curves so far as a new figure."""
+        return plot_curves(self.history, metrics=self.metrics, title=self.title,
+                           eta=self.eta_text() if not self._closed else None)
+
+    def close(self) -> None:
+        """Finish: leave one static figure of the final curves under the cell."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.history["epoch"]:
+            return
+        if self.headless:
+            show_static(self.figure())
+        else:
+            self._redraw()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _record(self, epoch: int, values: dict[str, float]) -> None:
+        done = len(self.history["epoch"])
+        self.history["epoch"].append(epoch)
+        for key in values:
+            if key == "epoch":
+                raise DataError(None, "'epoch' is passed twice", "pass the epoch only as the first argument")
+            self.history.setdefault(key, [math.nan] * done)
+        for key, series in self.history.items():
+            if key != "epoch":
+                series.append(values.get(key, math.nan))
+
+    def _redraw(self) -> None:
+        if not in_kernel():
+            return
+        from IPython.display import display
+
+        picture = png_output(self.figure())
+        if self._handle is None:
+            self._handle = display(picture, display_id=True)
+        else:
+            self._handle.update(picture)
+
+
+def _as_float(key: str, value) -> float:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    try:
+        return float(np.asarray(value).reshape(()))
+    except (TypeError, ValueError) as error:
+        raise DataError(None, f"{key}={value!r} is not a single number",
+                        f"pass {key} as a float, e.g. loss.item()") from error
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,83 @@
+"""labkit.tf_utils: seeding, precision policy, atomic checkpoints and resume."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+from labkit import tf_utils  # noqa: E402
+
+pytestmark = pytest.mark.tf
+
+
+def tiny_net(units=3):
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units), keras.layers.Dense(1)])
+    return net
+
+
+def train_once(net, optimizer):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(net(tf.ones((2, 4))) ** 2)
+    gradients = tape.gradient(loss, net.trainable_variables)
+    optimizer.apply(gradients, net.trainable_variables)
+
+
+def test_configure_seeds_and_reports_cpu_setup():
+    setup = tf_utils.configure(seed=5, mixed_precision=True, xla=True)
+    first = tf.random.uniform((3,)).numpy()
+    tf_utils.configure(seed=5)
+    second = tf.random.uniform((3,)).numpy()
+    np.testing.assert_array_equal(first, second)
+    if not tf.config.list_physical_devices("GPU"):
+        assert setup.device == "CPU" and not setup.mixed_precision and not setup.xla
+        assert keras.mixed_precision.global_policy().name == "float32"
+        assert "mixed precision off" in str(setup)
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_and_epoch(tmp_path):
+    tf_utils.configure(seed=1)
+    net, optimizer = tiny_net(), keras.optimizers.Adam(1e-2)
+    train_once(net, optimizer)
+    epoch = tf.Variable(3, dtype=tf.int64)
+    path = tf_utils.save_checkpoint(tmp_path, net=net, optimizer=optimizer, epoch=epoch)
+    assert path.name == "ckpt-1"
+    assert tf_utils.latest_checkpoint(tmp_path) == path
+
+    fresh, fresh_optimizer = tiny_net(), keras.optimizers.Adam(1e-2)
+    fresh_optimizer.build(fresh.trainable_variables)
+    fresh_epoch = tf.Variable(0, dtype=tf.int64)
+    restored = tf_utils.restore_checkpoint(tmp_path, net=fresh, optimizer=fresh_optimizer, epoch=fresh_epoch)
+    assert restored == path
+    assert int(fresh_epoch.numpy()) == 3
+    assert int(fresh_optimizer.iterations.numpy()) == 1
+    for mine, theirs in zip(net.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_checkpoints_are_numbered_and_pruned(tmp_path):
+    net = tiny_net()
+    for _ in range(3):
+        latest = tf_utils.save_checkpoint(tmp_path, max_to_keep=2, net=net)
+    assert latest.name == "ckpt-3"
+    kept = sorted(path.name for path in (tmp_path / "checkpoints").glob("ckpt-*.index"))
+    assert kept == ["ckpt-2.index", "ckpt-3.index"]
+    assert tf_utils.save_checkpoint(tmp_path, number=10, net=net).name == "ckpt-10"
+
+
+def test_restore_without_checkpoint_is_a_fresh_run(tmp_path):
+    assert tf_utils.restore_checkpoint(tmp_path, net=tiny_net()) is None
+
+
+def test_restore_into_another_model_says_what_to_do(tmp_path):
+    tf_utils.save_checkpoint(tmp_path, net=tiny_net(units=3))
+    with pytest.raises(tf_utils.CheckpointMismatch, match="choose another RUN_NAME"):
+        tf_utils.restore_checkpoint(tmp_path, net=tiny_net(units=5))
+
+
+def test_save_without_objects_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="nothing to checkpoint"):
+        tf_utils.save_checkpoint(tmp_path)
+
+
+def test_count_parameters():
+    assert tf_utils.count_parameters(tiny_net(units=3)) == 4 * 3 + 3 + 3 + 1
