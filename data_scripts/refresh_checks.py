@@ -2,7 +2,8 @@
 """Re-run the notebooks in the smoke profile and store the check cells' outputs (``make refresh-checks``).
 
 Each notebook is executed with nbclient (kernel ``python3``, working directory = the notebook's
-folder, ``LABKIT_PROFILE=smoke``, ``LABKIT_HEADLESS=1``). Afterwards only the cells whose source
+folder, ``LABKIT_PROFILE=smoke``, ``LABKIT_HEADLESS=1``, ``LABKIT_DATA`` / ``LABKIT_RUNS``
+made absolute from the current folder). Afterwards only the cells whose source
 starts with ``# NBVAL_CHECK_OUTPUT`` keep their outputs; every other output and every execution
 count is cleared, and the notebook is written back atomically. nbval then compares those stored
 outputs on every ``make test``.
@@ -17,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +36,7 @@ from labkit.notebook_tools import (
     source_of,
     write_notebook,
 )
+from labkit.run_notebooks import pin_environment
 
 KERNEL_NAME = "python3"
 
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     args = parser.parse_args(argv)
-    os.environ["LABKIT_PROFILE"] = "smoke"
-    os.environ["LABKIT_HEADLESS"] = "1"
+    pin_environment("smoke")
     failures = 0
     for path in args.notebooks:
         start = time.perf_counter()

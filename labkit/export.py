@@ -132,6 +132,14 @@ def export(notebook: Path, labs_dir: Path = LABS_DIR) -> Path | None:
     return atomic_write_text(target_for(notebook, labs_dir), text)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             failures += 1
             continue
-        print(f"{notebook}: " + (f"wrote {written}" if written else "no cells tagged export; nothing written"))
+        print(f"{notebook}: " + (f"wrote {_shown(written)}" if written else "no cells tagged export; nothing written"))
     return 1 if failures else 0
 
 

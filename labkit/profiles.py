@@ -80,7 +80,7 @@ VNET_SETTINGS = {
                           normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=2,
                           lr=1e-3, max_cases=6, amp=False),
     "cpu": VNetSettings(image_size=(64, 64, 32), spacing=(3.0, 3.0, 3.0), n_filters=8,
-                        normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=30,
+                        normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=60,
                         lr=1e-3, max_cases=None, amp=False),
     "gpu": VNetSettings(image_size=(256, 256, 96), spacing=(1.0, 1.0, 1.0), n_filters=16,
                         normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=50,

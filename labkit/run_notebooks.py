@@ -1,7 +1,8 @@
 """Run the labs headless and keep the results (``make run``).
 
 Each notebook is executed with papermill (parameter ``PROFILE=<profile>``, kernel ``python3``,
-working directory = the notebook's folder, ``LABKIT_HEADLESS=1``) and written to
+working directory = the notebook's folder, ``LABKIT_HEADLESS=1``, ``LABKIT_DATA`` and
+``LABKIT_RUNS`` made absolute from the current folder) and written to
 ``<out>/<name>.ipynb`` with an HTML copy ``<out>/<name>.html``. The wall time of each notebook
 is printed. A notebook that fails is still written (its error is in the executed copy); the
 command then exits non-zero naming the notebook and the cell.
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit import paths
 from labkit.io import atomic_path, atomic_write_text
 from labkit.notebook_tools import NotebookError, describe_cell, read_notebook, tags_of
 from labkit.profiles import PROFILE_NAMES
@@ -35,6 +37,19 @@ class RunResult:
     html: Path | None
     wall_time_s: float
     error: str | None = None
+
+
+def pin_environment(profile: str) -> None:
+    """Set what the kernels inherit: the profile, headless drawing, and absolute data/run roots.
+
+    The kernel runs in the notebook's folder, so a relative or unset ``LABKIT_DATA`` /
+    ``LABKIT_RUNS`` is resolved here, from the folder the command was started in (as ``make``
+    does), not from ``notebooks/``.
+    """
+    os.environ["LABKIT_HEADLESS"] = "1"
+    os.environ["LABKIT_PROFILE"] = profile
+    os.environ["LABKIT_DATA"] = str(paths.data_root())
+    os.environ["LABKIT_RUNS"] = str(paths.runs_root())
 
 
 def _original_cell_number(executed, cell_index: int) -> int:
@@ -79,8 +94,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, html: bool = True,
 
     read_notebook(notebook)  # a clear error for a missing or broken file
     executed = out_dir / notebook.name
-    os.environ["LABKIT_HEADLESS"] = "1"
-    os.environ["LABKIT_PROFILE"] = profile
+    pin_environment(profile)
     start = time.perf_counter()
     error = None
     with atomic_path(executed, suffix=".ipynb") as partial:

@@ -58,6 +58,9 @@ def test_no_shuffle_keeps_order_and_each_epoch_stage_runs():
     assert _ids(reverse) == [f"c{i}" for i in reversed(range(5))]
     shuffled = BatchIterator(_memory_cases(5), 2, shuffle=False, each_epoch=[Shuffle()], cache=False)
     assert sorted(_ids(shuffled)) == [f"c{i}" for i in range(5)]
+    odd_only = BatchIterator(_memory_cases(5), 2, shuffle=False, cache=False, each_epoch=[
+        lambda cases, rng: [case for case in cases if int(case["id"][1:]) % 2]])  # sees case dicts
+    assert _ids(odd_only) == ["c1", "c3"]
 
 
 def test_stored_cases_are_not_copied_or_changed():

@@ -14,7 +14,7 @@ def make_step(forget_bias=1.0, activation=tf.nn.relu, order="ijfo", swap_state=F
     def convlstm_step(inputs, state, kernel, bias):
         cell, hidden = tf.split(state, 2, axis=-1)
         features = tf.nn.conv2d(tf.concat([inputs, hidden], -1), kernel, strides=1, padding="SAME") + bias
-        gates = dict(zip(order, tf.split(features, 4, axis=-1)))
+        gates = dict(zip(order, tf.split(features, 4, axis=-1), strict=True))
         new_cell = tf.sigmoid(gates["f"] + forget_bias) * cell + tf.sigmoid(gates["i"]) * activation(gates["j"])
         new_hidden = tf.sigmoid(gates["o"]) * (activation(new_cell) if hidden_from_cell else gates["o"])
         first, second = (new_hidden, new_cell) if swap_state else (new_cell, new_hidden)

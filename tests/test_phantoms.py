@@ -102,9 +102,10 @@ def test_same_seed_same_data_different_seed_different_data():
     assert first[0].shape != other[0].shape or not np.array_equal(first[0], other[0])
 
 
-def test_sets_are_deterministic_by_seed(tmp_path):
-    for name in ("a", "b"):
-        phantoms.write_lung_set(tmp_path / name, n_cases=3, seed=7, geometry=phantoms.TINY_LUNG)
+def test_sets_are_deterministic_by_seed_whatever_the_workers(tmp_path):
+    for name, workers in (("a", 1), ("b", 2)):
+        phantoms.write_lung_set(tmp_path / name, n_cases=5, seed=7, geometry=phantoms.TINY_LUNG,
+                                workers=workers)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files
     for relative in files:

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::R
 @pytest.fixture(autouse=True)
 def _restore_environment(monkeypatch):
     """The commands set LABKIT_PROFILE / LABKIT_HEADLESS for their kernels; undo that after each test."""
-    monkeypatch.setenv("LABKIT_PROFILE", "cpu")
-    monkeypatch.setenv("LABKIT_HEADLESS", "0")
+    for name, value in (("LABKIT_PROFILE", "cpu"), ("LABKIT_HEADLESS", "0"), ("LABKIT_DATA", "data"),
+                        ("LABKIT_RUNS", "runs")):
+        monkeypatch.setenv(name, value)
 
 
 def tiny_notebook(folder: Path, fail: bool = False) -> Path:
@@ -29,7 +30,8 @@ def tiny_notebook(folder: Path, fail: bool = False) -> Path:
         v4.new_code_cell("PROFILE = None", metadata={"tags": ["parameters"]}),
         v4.new_code_cell("import os, pathlib\n"
                          "print('profile', PROFILE, 'headless', os.environ.get('LABKIT_HEADLESS'))\n"
-                         "print('here', pathlib.Path('marker.txt').read_text())"),
+                         "print('here', pathlib.Path('marker.txt').read_text())\n"
+                         "print('data', os.environ['LABKIT_DATA'], 'runs', os.environ['LABKIT_RUNS'])"),
     ]
     if fail:
         cells.append(v4.new_code_cell("raise ValueError('the data folder is empty')"))
@@ -46,11 +48,13 @@ def _all_output(path: Path) -> str:
 def test_run_writes_executed_notebook_and_html(tmp_path, monkeypatch, capsys):
     notebook = tiny_notebook(tmp_path)
     monkeypatch.chdir(tmp_path.parent)  # the kernel must still run in the notebook's folder
+    monkeypatch.delenv("LABKIT_DATA")  # default ./data: of the folder the command ran in
     out = tmp_path / "build"
     assert run_notebooks.main(["--profile", "smoke", "--out", str(out), str(notebook)]) == 0
     text = _all_output(out / "tiny.ipynb")
     assert "profile smoke headless 1" in text
     assert "here next to the notebook" in text
+    assert f"data {tmp_path.parent / 'data'} runs {tmp_path.parent / 'runs'}" in text
     assert "profile smoke headless 1" in (out / "tiny.html").read_text()
     injected = read_notebook(out / "tiny.ipynb").cells[2]
     assert "injected-parameters" in injected.metadata.tags and 'PROFILE = "smoke"' in injected.source

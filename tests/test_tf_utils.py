@@ -50,7 +50,7 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_epoch(tmp_path):
     assert restored == path
     assert int(fresh_epoch.numpy()) == 3
     assert int(fresh_optimizer.iterations.numpy()) == 1
-    for mine, theirs in zip(net.get_weights(), fresh.get_weights()):
+    for mine, theirs in zip(net.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
 
 

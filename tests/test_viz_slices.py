@@ -224,3 +224,36 @@ def test_bad_input_says_what_to_do(call, words):
         call()
     assert words in str(error.value)
     assert "Fix:" in str(error.value)
+
+
+def test_without_index_the_planes_cut_the_label_at_its_widest():
+    label = np.zeros(SHAPE, dtype=np.int16)
+    label[2:6, 10:15, 8] = 1
+    label[3:5, 11:13, 9] = 1
+    figure = plot_slices(np.zeros(SHAPE), label)
+    titles = [ax.get_title().splitlines()[1] for ax in figure.axes]
+    # z: 20 voxels at z = 8; y: 6 at y = 11 and 12 (tie: the later middle); x: 7 at x = 3 and 4
+    assert titles == ["z = 8 / 11", "y = 12 / 15", "x = 4 / 19"]
+    assert plot_slices(np.zeros(SHAPE)).axes[0].get_title().endswith("z = 6 / 11")
+
+
+class FakeTensor:
+    """Quacks like a torch tensor on a GPU: only .detach().cpu().numpy() gives numpy."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        return self.array
+
+
+def test_tensors_are_accepted():
+    figure = plot_slices(FakeTensor(ramp(2)[np.newaxis]), index=(1, 1, 11), window=(0, 1),
+                         crosshair=False)
+    assert np.allclose(pixel(figure, render(figure), figure.axes[0], 3.5, 3.5), 255, atol=3)

@@ -85,27 +85,28 @@ class BatchIterator:
         return math.ceil(len(self.cases) / self.world_size)
 
     def __len__(self) -> int:
+        """Batches per epoch for this rank (assuming ``each_epoch`` keeps the number of cases)."""
         per_rank = self._cases_per_rank()
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
-    def epoch_order(self, epoch: int | None = None) -> list[int]:
-        """Positions (into ``self.cases``) this rank visits in ``epoch``, in order."""
+    def epoch_cases(self, epoch: int | None = None) -> list[dict]:
+        """The prepared cases this rank visits in ``epoch``, in order (references, not copies)."""
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, epoch])
-        order = list(range(len(self.cases)))
+        cases = list(self.cases)
         if self.shuffle:
-            order = Shuffle()(order, rng)
+            cases = Shuffle()(cases, rng)
         for transform in self.each_epoch:
-            order = list(transform(order, rng))
-        total = self._cases_per_rank() * self.world_size
-        order = (order * math.ceil(total / max(len(order), 1)))[:total]  # pad by repeating
-        return order[self.rank::self.world_size]
+            cases = list(transform(cases, rng))
+        total = math.ceil(len(cases) / self.world_size) * self.world_size
+        cases = (cases * math.ceil(total / max(len(cases), 1)))[:total]  # pad by repeating
+        return cases[self.rank::self.world_size]
 
     def __iter__(self):
         epoch = self.epoch
-        order = self.epoch_order(epoch)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        cases = self.epoch_cases(epoch)
+        for start in range(0, len(cases), self.batch_size):
+            chunk = cases[start:start + self.batch_size]
             if len(chunk) < self.batch_size and self.drop_last:
                 break
             yield self._batch(chunk, epoch, start)
@@ -113,10 +114,10 @@ class BatchIterator:
 
     def _batch(self, chunk, epoch: int, start: int) -> dict:
         prepared = []
-        for offset, index in enumerate(chunk):
+        for offset, case in enumerate(chunk):
             position = (start + offset) * self.world_size + self.rank  # position in the epoch
             rng = np.random.default_rng([self.seed, epoch, 1, position])
-            prepared.append(self.each_batch(self.cases[index], rng))
+            prepared.append(self.each_batch(case, rng))
         batch = {"id": [case.get("id") for case in prepared]}
         for key in ("image", "label"):
             if all(key in case for case in prepared):

@@ -27,9 +27,13 @@ from labkit.io import atomic_path, atomic_write_text
 _JSON_KEY = "__json__"
 
 
+# Bump when a transform's arithmetic changes, so old cache entries are not reused.
+CACHE_VERSION = "labkit-prepared-v1"
+
+
 def chain_key(transforms) -> str:
-    """A short hash of the transforms' reprs (their settings)."""
-    text = "\n".join(repr(t) for t in transforms)
+    """A short hash of the transforms' reprs (their settings) and ``CACHE_VERSION``."""
+    text = "\n".join([CACHE_VERSION] + [repr(t) for t in transforms])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -295,16 +295,18 @@ def prostate_dataset_json(train_ids, test_ids) -> dict:
 
 
 def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: int = 0,
-                       geometry: ProstateGeometry = DEFAULT_PROSTATE, progress=None) -> Path:
+                       geometry: ProstateGeometry = DEFAULT_PROSTATE, progress=None,
+                       workers: int | None = None) -> Path:
     """Build a synthetic Task05_Prostate folder atomically (temporary folder, then rename).
 
     Args:
         dataset_dir: the folder to create (usually ``<root>/Task05_Prostate``); must not exist.
         n_train: labelled cases in ``imagesTr`` / ``labelsTr``.
         n_test: unlabelled cases in ``imagesTs``.
-        seed: the whole set is a function of this seed.
+        seed: the whole set is a function of this seed (not of ``workers``).
         geometry: size ranges (``TINY_PROSTATE`` for fast tests).
         progress: optional callable ``progress(iterable, total)`` wrapping the case loop.
+        workers: processes drawing cases; None means ``min(4, CPU cores)``.
     """
     dataset_dir = Path(dataset_dir)
     numbers = np.random.default_rng(seed).permutation(n_train + n_test)
@@ -314,20 +316,48 @@ def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: in
     def build(folder: Path) -> None:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (folder / sub).mkdir()
-        jobs = [(name, True) for name in train_ids] + [(name, False) for name in test_ids]
-        loop = progress(jobs, len(jobs)) if progress else jobs
-        for name, labelled in loop:
-            number = int(name.split("_")[1])
-            rng = np.random.default_rng([seed, 5, number])
-            image, label, affine = make_prostate_case(rng, geometry)
-            _save_nifti(image, affine, folder / ("imagesTr" if labelled else "imagesTs") / f"{name}.nii.gz")
-            if labelled:
-                _save_nifti(label, affine, folder / "labelsTr" / f"{name}.nii.gz")
+        jobs = [(folder, name, labelled, seed, geometry)
+                for names, labelled in ((train_ids, True), (test_ids, False)) for name in names]
+        _run_jobs(_write_prostate_case, jobs, workers, progress)
         text = json.dumps(prostate_dataset_json(train_ids, test_ids), indent=4) + "\n"
         (folder / "dataset.json").write_text(text, encoding="utf-8")
 
     _publish_folder(build, dataset_dir)
     return dataset_dir
+
+
+def _write_prostate_case(job) -> None:
+    folder, name, labelled, seed, geometry = job
+    rng = np.random.default_rng([seed, 5, int(name.split("_")[1])])
+    image, label, affine = make_prostate_case(rng, geometry)
+    _save_nifti(image, affine, folder / ("imagesTr" if labelled else "imagesTs") / f"{name}.nii.gz")
+    if labelled:
+        _save_nifti(label, affine, folder / "labelsTr" / f"{name}.nii.gz")
+
+
+def _run_jobs(function, jobs, workers, progress) -> None:
+    """``function(job)`` for every job, in a process pool when there are cores to spare.
+
+    Each job draws from its own seeded generator, so the result does not depend on the pool.
+    """
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    from labkit.data.batching import default_workers
+
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(jobs) < 4:
+        _drain(map(function, jobs), len(jobs), progress)
+        return
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        _drain(pool.map(function, jobs), len(jobs), progress)
+
+
+def _drain(results, total, progress) -> None:
+    for _ in progress(results, total) if progress else results:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,7 +531,8 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0,
-                   geometry: LungGeometry = DEFAULT_LUNG, progress=None) -> Path:
+                   geometry: LungGeometry = DEFAULT_LUNG, progress=None,
+                   workers: int | None = None) -> Path:
     """Build a synthetic MontgomerySet folder atomically (temporary folder, then rename).
 
     About a third of the cases get the ``_1`` suffix the real set uses for abnormal readings.
@@ -509,34 +540,39 @@ def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0,
     Args:
         dataset_dir: the folder to create (usually ``<root>/MontgomerySet``); must not exist.
         n_cases: number of radiographs.
-        seed: the whole set is a function of this seed.
+        seed: the whole set is a function of this seed (not of ``workers``).
         geometry: size ranges (``TINY_LUNG`` for fast tests).
         progress: optional callable ``progress(iterable, total)`` wrapping the case loop.
+        workers: processes drawing cases; None means ``min(4, CPU cores)``.
     """
     dataset_dir = Path(dataset_dir)
 
     def build(folder: Path) -> None:
         for sub in ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask", "ClinicalReadings"):
             (folder / sub).mkdir(parents=True)
-        numbers = range(1, n_cases + 1)
-        for number in progress(numbers, n_cases) if progress else numbers:
-            rng = np.random.default_rng([seed, 12, number])
-            abnormal = rng.random() < 0.35
-            name = f"MCUCXR_{number:04d}_{int(abnormal)}"
-            image, left, right = make_lung_case(rng, geometry)
-            _save_png(image, folder / "CXR_png" / f"{name}.png")
-            _save_png(left, folder / "ManualMask" / "leftMask" / f"{name}.png")
-            _save_png(right, folder / "ManualMask" / "rightMask" / f"{name}.png")
-            reading = (f"Patient's Sex: {'MF'[int(rng.integers(2))]}\n"
-                       f"Patient's Age: {int(rng.integers(18, 85)):03d}Y\n"
-                       f"{'synthetic abnormal reading' if abnormal else 'normal'}\n")
-            (folder / "ClinicalReadings" / f"{name}.txt").write_text(reading, encoding="utf-8")
+        jobs = [(folder, number, seed, geometry) for number in range(1, n_cases + 1)]
+        _run_jobs(_write_lung_case, jobs, workers, progress)
         (folder / "README.txt").write_text(
             "Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n",
             encoding="utf-8")
 
     _publish_folder(build, dataset_dir)
     return dataset_dir
+
+
+def _write_lung_case(job) -> None:
+    folder, number, seed, geometry = job
+    rng = np.random.default_rng([seed, 12, number])
+    abnormal = rng.random() < 0.35
+    name = f"MCUCXR_{number:04d}_{int(abnormal)}"
+    image, left, right = make_lung_case(rng, geometry)
+    _save_png(image, folder / "CXR_png" / f"{name}.png")
+    _save_png(left, folder / "ManualMask" / "leftMask" / f"{name}.png")
+    _save_png(right, folder / "ManualMask" / "rightMask" / f"{name}.png")
+    reading = (f"Patient's Sex: {'MF'[int(rng.integers(2))]}\n"
+               f"Patient's Age: {int(rng.integers(18, 85)):03d}Y\n"
+               f"{'synthetic abnormal reading' if abnormal else 'normal'}\n")
+    (folder / "ClinicalReadings" / f"{name}.txt").write_text(reading, encoding="utf-8")
 
 
 def make_default_sets(root, only: str | None = None, prostate_cases: int = 32,

@@ -298,13 +298,13 @@ class LoadNifti(Transform):
     def __init__(self, keys, channels: dict | None = None, max_mb: float | None = None):
         self.keys = _keys(keys)
         self.channels = dict(channels or {})
-        self.max_mb = MAX_VOLUME_MB if max_mb is None else float(max_mb)
+        self._max_mb = MAX_VOLUME_MB if max_mb is None else float(max_mb)  # not in repr: same output
 
     def __call__(self, case):
         case = dict(case)
         for key in self.keys:
             path = os.fspath(case[key])
-            array, affine = _read_nifti(path, self.channels.get(key), self.max_mb)
+            array, affine = _read_nifti(path, self.channels.get(key), self._max_mb)
             case[key] = array
             case[f"{key}_meta"] = {"path": path, "affine": affine, "shape": tuple(array.shape[1:]),
                                    "spacing": tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
@@ -525,9 +525,8 @@ def _png_to_gray(image) -> np.ndarray:
         array = np.asarray(image, dtype=np.float32)
         high = float(array.max())
         return array / high if high > 0 else array
-    if image.mode not in ("L", "1"):
-        image = image.convert("RGBA").convert("RGB").convert("L") if "A" in image.mode or image.mode == "P" \
-            else image.convert("L")
+    if "A" in image.mode or image.mode == "P":  # transparency / palette: drop alpha via RGB
+        image = image.convert("RGBA").convert("RGB")
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 

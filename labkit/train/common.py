@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -73,13 +74,11 @@ def rank_from_environment(environ=None) -> Rank:
 # Command line
 # ----------------------------------------------------------------------------------------------
 def size_argument(text: str) -> tuple[int, ...]:
-    try:
-        size = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 64,64,32 or 64x64x32") from None
-    if not size or min(size) < 1:
+    """``"64,64,32"`` or ``"64x64x32"`` -> ``(64, 64, 32)`` (argparse type)."""
+    parts = re.split(r"[,x]", text.strip().lower())
+    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 64,64,32 or 64x64x32")
-    return size
+    return tuple(int(part) for part in parts)
 
 
 def _positive(text: str) -> int:
@@ -237,9 +236,17 @@ class RunLog:
         if self.is_main:
             print(f"[labkit.train] {message}", file=sys.stdout, flush=True)
 
-    def epoch(self, epoch: int, max_epochs: int, **values: float) -> None:
-        """Record one epoch's numbers, print them and write ``history.json``."""
-        self.history.setdefault("epoch", []).append(epoch + 1)
+    def epoch(self, epoch: int, max_epochs: int, recorded: int | None = None, **values: float) -> None:
+        """Record one epoch's numbers, print them and write ``history.json``.
+
+        Args:
+            epoch: the epoch just finished, counted from 0.
+            max_epochs: epochs in all (for the printed line).
+            recorded: the number stored under ``history['epoch']`` (default ``epoch + 1``);
+                each lab keeps its notebook's numbering so a run resumes in either.
+            **values: e.g. ``train_loss=0.4, validation_dice=0.7``.
+        """
+        self.history.setdefault("epoch", []).append(epoch + 1 if recorded is None else int(recorded))
         for key, value in values.items():
             self.history.setdefault(key, []).append(float(value))
         shown = " ".join(f"{key} {float(value):.4f}" for key, value in values.items())

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from labkit.data.errors import DataError
 from labkit.viz.display import in_kernel, is_headless, new_figure, png_output, show_static
+from labkit.viz.inputs import data_error
 
 SPLIT_STYLES = {"train": ("#1f77b4", "-"), "validation": ("#d62728", "-"), "test": ("#2ca02c", "--")}
-HIGHER_IS_BETTER = ("dice", "accuracy", "iou", "jaccard")
 
 
 def series_for(history: dict, metric: str) -> dict[str, str]:
@@ -121,18 +120,18 @@ def _figure_and_axes(axes, count):
         return figure, list(axes)
     axes = list(np.ravel(axes))
     if len(axes) != count:
-        raise DataError(None, f"plot_curves needs {count} axes (one per metric), got {len(axes)}",
+        raise data_error(None, f"plot_curves needs {count} axes (one per metric), got {len(axes)}",
                         "pass one Axes per metric or axes=None")
     return axes[0].figure, axes
 
 
 def _check_history(history):
     if not isinstance(history, dict) or "epoch" not in history:
-        raise DataError(None, "the history is not a dict with an 'epoch' list",
+        raise data_error(None, "the history is not a dict with an 'epoch' list",
                         "pass board.history or {'epoch': [...], 'train_loss': [...], ...}")
     lengths = {key: len(values) for key, values in history.items()}
     if len(set(lengths.values())) > 1:
-        raise DataError(None, f"the history's lists have different lengths {lengths}",
+        raise data_error(None, f"the history's lists have different lengths {lengths}",
                         "give every list one value per epoch (NaN where there is none)")
 
 
@@ -228,7 +227,7 @@ class TrainingBoard:
         self.history["epoch"].append(epoch)
         for key in values:
             if key == "epoch":
-                raise DataError(None, "'epoch' is passed twice", "pass the epoch only as the first argument")
+                raise data_error(None, "'epoch' is passed twice", "pass the epoch only as the first argument")
             self.history.setdefault(key, [math.nan] * done)
         for key, series in self.history.items():
             if key != "epoch":
@@ -254,7 +253,7 @@ def _as_float(key: str, value) -> float:
     try:
         return float(np.asarray(value).reshape(()))
     except (TypeError, ValueError) as error:
-        raise DataError(None, f"{key}={value!r} is not a single number",
+        raise data_error(None, f"{key}={value!r} is not a single number",
                         f"pass {key} as a float, e.g. loss.item()") from error
 
 

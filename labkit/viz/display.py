@@ -52,9 +52,13 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
 
 
 def figure_to_png(figure: Figure) -> bytes:
-    """The figure rendered as PNG bytes (the figure's own size and dpi)."""
+    """The figure rendered as PNG bytes (the figure's own size and dpi).
+
+    Light compression: encoding, not drawing, is the slow part of a large figure, and the bytes
+    only travel to a local browser.
+    """
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 

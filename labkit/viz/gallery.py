@@ -13,9 +13,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from labkit.data.errors import DataError
 from labkit.viz.display import new_figure
-from labkit.viz.inputs import as_mask, to_numpy
+from labkit.viz.inputs import as_mask, data_error, to_numpy
 from labkit.viz.slices import LABEL_COLOURS, PRED_COLOURS, default_window
 
 ERROR_COLOURS = {"true positive": "#00c800", "false positive": "#ff3030", "false negative": "#2f7fff"}
@@ -73,14 +72,15 @@ def plot_gallery(images, labels=None, preds=None, ids=None, page=0, per_page=4, 
     ids = _ids(ids, len(images))
     pages = page_count(len(images), per_page)
     if not isinstance(page, (int, np.integer)) or not 0 <= page < pages:
-        raise DataError(None, f"page {page!r} does not exist: {len(images)} images make {pages} "
+        raise data_error(None, f"page {page!r} does not exist: {len(images)} images make {pages} "
                         f"page(s) of {per_page}", f"pass page from 0 to {pages - 1}")
     rows = range(page * per_page, min((page + 1) * per_page, len(images)))
     columns = _columns(labels, preds)
-    figure = new_figure(2.7 * len(columns), 2.7 * len(rows) + 0.7)
+    height = 2.7 * len(rows) + 0.9
+    figure = new_figure(2.7 * len(columns), height)
     axes = np.array(figure.subplots(len(rows), len(columns), squeeze=False))
-    figure.subplots_adjust(left=0.06, right=0.99, top=1 - 0.45 / (2.7 * len(rows) + 0.7),
-                           bottom=0.25 / (2.7 * len(rows) + 0.7) + 0.02, wspace=0.04, hspace=0.12)
+    figure.subplots_adjust(left=0.06, right=0.99, top=1 - 0.6 / height, bottom=0.3 / height,
+                           wspace=0.04, hspace=0.12)
     for row, number in enumerate(rows):
         _draw_row(axes[row], columns, images[number], _at(labels, number), _at(preds, number),
                   alpha)
@@ -89,7 +89,8 @@ def plot_gallery(images, labels=None, preds=None, ids=None, page=0, per_page=4, 
     for ax, column in zip(axes[0], columns, strict=True):
         ax.set_title(column, fontsize=10)
     figure.suptitle(f"page {page + 1} / {pages}  (images {rows.start + 1}-{rows.stop} of "
-                    f"{len(images)})", fontsize=9, x=0.01, ha="left")
+                    f"{len(images)})", fontsize=9, x=0.01, y=1 - 0.08 / height, ha="left",
+                    va="top")
     if "errors" in columns:
         figure.legend(handles=[Patch(color=colour, label=name) for name, colour in
                                ERROR_COLOURS.items()], loc="lower center", ncol=3, fontsize=8,
@@ -146,7 +147,7 @@ def _as_image(image, name):
     if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
         array = array[0] if array.shape[0] == 1 else array[..., 0]
     if array.ndim != 2:
-        raise DataError(None, f"{name} has shape {array.shape}, not a 2D image",
+        raise data_error(None, f"{name} has shape {array.shape}, not a 2D image",
                         "pass images as (N, H, W) or a list of (H, W) arrays; for volumes "
                         "use plot_slices / show_volume")
     return array.astype(np.float32, copy=False)
@@ -157,7 +158,7 @@ def _masks(masks, images, name):
         return None
     masks = as_images(masks, name)
     if len(masks) != len(images):
-        raise DataError(None, f"{len(masks)} {name} for {len(images)} images",
+        raise data_error(None, f"{len(masks)} {name} for {len(images)} images",
                         f"pass one entry of {name} per image")
     return [as_mask(mask, image.shape, f"{name}[{number}]")
             for number, (mask, image) in enumerate(zip(masks, images, strict=True))]
@@ -168,7 +169,7 @@ def _ids(ids, count):
         return [f"#{number}" for number in range(count)]
     ids = [str(name) for name in ids]
     if len(ids) != count:
-        raise DataError(None, f"{len(ids)} ids for {count} images", "pass one id per image")
+        raise data_error(None, f"{len(ids)} ids for {count} images", "pass one id per image")
     return ids
 
 

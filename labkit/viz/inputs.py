@@ -11,9 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from labkit.data.errors import DataError
-
 MAX_CHANNELS = 16
+
+
+def data_error(path, problem: str, fix: str) -> ValueError:
+    """A :class:`labkit.data.errors.DataError` to raise.
+
+    Imported here, not at the top: ``labkit.data`` loads the whole data layer, which may itself
+    use ``labkit.viz`` (progress bars), so ``import labkit.viz`` stays light and cycle-free.
+    """
+    from labkit.data.errors import DataError
+
+    return DataError(path, problem, fix)
 
 
 def to_numpy(value) -> np.ndarray:
@@ -39,12 +48,12 @@ def load_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "no such file", "check the path, or run `make data` to create the data set")
+        raise data_error(path, "no such file", "check the path, or run `make data` to create the data set")
     try:
         nifti = nibabel.as_closest_canonical(nibabel.load(str(path)))
         voxels = np.asanyarray(nifti.dataobj)
     except Exception as error:  # nibabel raises several types for a damaged file
-        raise DataError(path, f"not a readable NIfTI file ({error})",
+        raise data_error(path, f"not a readable NIfTI file ({error})",
                         "download or generate the file again") from error
     if voxels.ndim == 4:
         voxels = np.moveaxis(voxels, -1, 0)
@@ -58,12 +67,12 @@ def as_volume(image, name: str = "image") -> np.ndarray:
     if array.ndim == 3:
         array = array[np.newaxis]
     if array.ndim != 4:
-        raise DataError(None, f"{name} has shape {array.shape}, a volume needs 3 or 4 dimensions",
+        raise data_error(None, f"{name} has shape {array.shape}, a volume needs 3 or 4 dimensions",
                         "pass one case as (X, Y, Z) or channel-first (C, X, Y, Z), e.g. batch[0]"
                         if array.ndim == 5 else
                         "pass a 3D volume; for 2D images use plot_gallery / show_gallery")
     if array.shape[0] > MAX_CHANNELS:
-        raise DataError(None, f"{name} has shape {array.shape}: {array.shape[0]} channels looks "
+        raise data_error(None, f"{name} has shape {array.shape}: {array.shape[0]} channels looks "
                         "like a channel-last volume", "move the channels first with "
                         "np.moveaxis(image, -1, 0)")
     return array.astype(np.float32, copy=False)
@@ -81,7 +90,7 @@ def as_mask(mask, shape: tuple[int, ...], name: str) -> np.ndarray | None:
     if array.ndim == len(shape) + 1:
         array = array[0] if array.shape[0] == 1 else np.argmax(array, axis=0)
     if array.shape != tuple(shape):
-        raise DataError(None, f"{name} has shape {array.shape} but the image has {tuple(shape)}",
+        raise data_error(None, f"{name} has shape {array.shape} but the image has {tuple(shape)}",
                         f"pass a {name} on the image's grid (same size, one channel at most)")
     if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
         array = array >= 0.5
@@ -94,7 +103,7 @@ def as_spacing(spacing, size: int) -> tuple[float, ...]:
         return (1.0,) * size
     values = tuple(float(value) for value in np.ravel(to_numpy(spacing)))
     if len(values) != size or not all(np.isfinite(values)) or min(values) <= 0:
-        raise DataError(None, f"spacing {spacing!r} is not {size} positive sizes in mm",
+        raise data_error(None, f"spacing {spacing!r} is not {size} positive sizes in mm",
                         f"pass spacing as {size} numbers in x, y, z order, e.g. (0.6, 0.6, 3.6)")
     return values
 
@@ -127,7 +136,7 @@ def volume_inputs(image, label=None, pred=None, spacing=None):
 
 def _from_case(case: dict, label, pred, spacing):
     if "image" not in case:
-        raise DataError(case.get("id"), f"the case dict has no 'image' (keys: {sorted(case)})",
+        raise data_error(case.get("id"), f"the case dict has no 'image' (keys: {sorted(case)})",
                         "pass a case with an 'image' entry, or the arrays themselves")
     meta = case.get("image_meta") or {}
     label = case.get("label") if label is None else label

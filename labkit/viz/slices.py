@@ -15,9 +15,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from labkit.data.errors import DataError
 from labkit.viz.display import new_figure
-from labkit.viz.inputs import volume_inputs
+from labkit.viz.inputs import data_error, volume_inputs
 
 # Truth in greens/blues, prediction in reds: class 1, 2, 3, ... (cycled).
 LABEL_COLOURS = ("#00d400", "#00b4ff", "#ffd700", "#7cfc00")
@@ -46,6 +45,24 @@ def centre_index(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(size) // 2 for size in shape)
 
 
+def default_index(shape: Sequence[int], *masks) -> tuple[int, int, int]:
+    """Where to look first: per axis, the slice holding most of the first non-empty mask.
+
+    Each plane then cuts the structure at its widest; with no mask (or empty ones) the centre.
+    """
+    for mask in masks:
+        if mask is not None and mask.any():
+            return tuple(_widest_slice(mask > 0, axis) for axis in range(3))
+    return centre_index(shape)
+
+
+def _widest_slice(foreground: np.ndarray, axis: int) -> int:
+    """The slice along ``axis`` with the most foreground; the middle one of a tie."""
+    counts = foreground.sum(axis=tuple(other for other in range(3) if other != axis))
+    widest = np.flatnonzero(counts == counts.max())
+    return int(widest[len(widest) // 2])
+
+
 def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=0,
                 overlay="fill", alpha=0.4, window=None, axes=None, *, crosshair=True,
                 channel_name=None, class_names=None) -> Figure:
@@ -57,7 +74,8 @@ def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=
         label: truth class map on the same grid (``0`` is background), optional.
         pred: predicted class map, probabilities (read as ``>= 0.5``) or scores, optional.
         spacing: voxel size in mm, x/y/z; from the case or file, else ``(1, 1, 1)``, when None.
-        index: the voxel ``(x, y, z)`` the three planes go through; the centre when None.
+        index: the voxel ``(x, y, z)`` the three planes go through; when None, per axis the
+            slice with the most label (else prediction) voxels, or the centre without masks.
         channel: which image channel to show (e.g. 0 = T2, 1 = ADC for the prostate set).
         overlay: ``'fill'`` (translucent areas) or ``'contour'`` (outlines).
         alpha: opacity of the filled overlays, 0 to 1 (outlines are opaque).
@@ -77,9 +95,9 @@ def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=
     """
     volume, label, pred, spacing = volume_inputs(image, label, pred, spacing)
     channel = _check_channel(channel, volume.shape[0])
-    index = _check_index(index, volume.shape[1:])
+    index = _check_index(index, volume.shape[1:], label, pred)
     if overlay not in OVERLAYS:
-        raise DataError(None, f"overlay={overlay!r} is not one of {OVERLAYS}",
+        raise data_error(None, f"overlay={overlay!r} is not one of {OVERLAYS}",
                         "pass overlay='fill' or overlay='contour'")
     window = default_window(volume[channel]) if window is None else _check_window(window)
     figure, axes = _figure_and_axes(axes, volume.shape[1:], spacing)
@@ -124,8 +142,14 @@ def _draw_plane(ax, plane, volume, label, pred, spacing, index, window, overlay,
     ax.set_yticks([])
 
 
+def classes_in(mask: np.ndarray) -> list[int]:
+    """The foreground classes (> 0) present in an integer mask, in order."""
+    counts = np.bincount(np.clip(mask, 0, None).ravel())
+    return [int(value) for value in np.flatnonzero(counts) if value > 0]
+
+
 def _draw_mask(ax, mask2d, extent, colours, overlay, alpha):
-    classes = [int(value) for value in np.unique(mask2d) if value > 0]
+    classes = classes_in(mask2d)
     if not classes:
         return
     if overlay == "fill":
@@ -150,7 +174,7 @@ def _mask_rgba(mask2d, classes, colours, alpha):
 def _add_legend(figure, label, pred, class_names):
     handles = []
     for mask, colours, kind in ((label, LABEL_COLOURS, "truth"), (pred, PRED_COLOURS, "pred")):
-        for value in ([] if mask is None else [int(v) for v in np.unique(mask) if v > 0]):
+        for value in ([] if mask is None else classes_in(mask)):
             name = (class_names or {}).get(value, str(value))
             handles.append(Patch(color=colours[(value - 1) % len(colours)], label=f"{kind} {name}"))
     if handles:
@@ -169,14 +193,14 @@ def _figure_and_axes(axes, shape=None, spacing=None):
         return figure, list(axes)
     axes = list(np.ravel(axes))
     if len(axes) != 3:
-        raise DataError(None, f"plot_slices needs 3 axes, got {len(axes)}",
+        raise data_error(None, f"plot_slices needs 3 axes, got {len(axes)}",
                         "pass three Axes (axial, coronal, sagittal) or axes=None")
     return axes[0].figure, axes
 
 
 def _check_channel(channel, count: int) -> int:
     if not isinstance(channel, (int, np.integer)) or not 0 <= channel < count:
-        raise DataError(None, f"channel {channel!r} does not exist: the image has {count} "
+        raise data_error(None, f"channel {channel!r} does not exist: the image has {count} "
                         "channel(s)", f"pass channel as an integer from 0 to {count - 1}")
     return int(channel)
 
@@ -184,16 +208,16 @@ def _check_channel(channel, count: int) -> int:
 def _check_window(window) -> tuple[float, float]:
     values = tuple(float(value) for value in np.ravel(window))
     if len(values) != 2 or not values[0] < values[1]:
-        raise DataError(None, f"window {window!r} is not a (low, high) pair with low < high",
+        raise data_error(None, f"window {window!r} is not a (low, high) pair with low < high",
                         "pass window=(low, high) in image intensities, or None for automatic")
     return values
 
 
-def _check_index(index, shape) -> tuple[int, int, int]:
+def _check_index(index, shape, label=None, pred=None) -> tuple[int, int, int]:
     if index is None:
-        return centre_index(shape)
+        return default_index(shape, label, pred)
     values = tuple(int(value) for value in np.ravel(index))
     if len(values) != 3 or any(not 0 <= v < size for v, size in zip(values, shape, strict=True)):
-        raise DataError(None, f"index {index!r} is outside the volume of shape {tuple(shape)}",
+        raise data_error(None, f"index {index!r} is outside the volume of shape {tuple(shape)}",
                         "pass index as (x, y, z) voxel numbers inside the volume, or None")
     return values

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from labkit.data.errors import DataError
 from labkit.viz.display import figure_to_png, is_headless, show_static
 from labkit.viz.gallery import as_images, page_count, plot_gallery
-from labkit.viz.inputs import volume_inputs
-from labkit.viz.slices import OVERLAYS, PLANES, centre_index, default_window, plot_slices
+from labkit.viz.inputs import data_error, volume_inputs
+from labkit.viz.slices import OVERLAYS, PLANES, default_index, default_window, plot_slices
 
 OVERLAY_OFF = "off"
 
@@ -107,11 +106,11 @@ class SliceViewer(_Viewer):
         count = self.volume.shape[0]
         self.channel_names = list(channel_names or [f"channel {n}" for n in range(count)])
         if len(self.channel_names) != count:
-            raise DataError(None, f"{len(self.channel_names)} channel names for {count} channels",
+            raise data_error(None, f"{len(self.channel_names)} channel names for {count} channels",
                             "pass one name per image channel, e.g. ['T2', 'ADC']")
         self.class_names = class_names
         self.channel = 0
-        self.index = list(centre_index(self.volume.shape[1:]))
+        self.index = list(default_index(self.volume.shape[1:], self.label, self.pred))
         self.overlay = "fill"
         self.alpha = 0.4
         self.window = default_window(self.volume[0])

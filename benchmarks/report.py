@@ -1,0 +1,294 @@
+"""Turn ``latest.json`` into the Markdown table the README links to, and the learning-curve PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NOT_MEASURED = "not measured"
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _seconds(value) -> str:
+    return "–" if value is None else f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _status_line(section: dict | None) -> list[str] | None:
+    """A one-paragraph note for a section that has no numbers."""
+    if section is None:
+        return [f"_{NOT_MEASURED}: this section was not run._", ""]
+    status = section.get("status")
+    if status == "failed":
+        return [f"_failed: {section.get('error', 'see the log')}_", ""]
+    if status == NOT_MEASURED:
+        return [f"_{NOT_MEASURED}: {section.get('reason', '')}_", ""]
+    return None
+
+
+def _met(value) -> str:
+    return {True: "yes", False: "**no**", None: NOT_MEASURED}[value]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+def targets_table(sections: dict) -> list[str]:
+    rows = []
+    for name, section in sections.items():
+        for part in _parts(section):
+            for target in part.get("targets", []):
+                measured = target.get("measured")
+                unit = target.get("unit", "")
+                shown = _number(measured) + ("x" if unit == "x" and measured is not None else "")
+                if unit == "fraction" and measured is not None:
+                    shown = f"{measured:.2%}"
+                rows.append([target["name"], target["target"], shown, _met(target.get("met"))])
+    if not rows:
+        return ["_No targets measured._", ""]
+    return _table(["Measurement", "Target", "Measured", "Met"], rows)
+
+
+def _parts(section) -> list[dict]:
+    """A section's result dicts (the learning section holds one per lab)."""
+    if not isinstance(section, dict):
+        return []
+    if "parts" in section:
+        return [part for part in section["parts"].values() if isinstance(part, dict)]
+    return [section]
+
+
+def data_section(section: dict | None) -> list[str]:
+    note = _status_line(section)
+    if note:
+        return note
+    lines = [f"Synthetic prostate set ({section['dataset']['cases']} labelled cases, "
+             f"{section['dataset']['source']}). `seed`: nibabel + nilearn `resample_img` "
+             "('continuous' image, nearest label) in one process with the seed's iterator; "
+             "`labkit_cold`: `BatchIterator(before=prostate.preprocessing(...), cache=False)` "
+             "(default worker processes); `labkit_cold_1_worker`: the same in one process; "
+             "`labkit_cached`: reading the disk cache. Peak RSS counts worker processes too.", ""]
+    for setting in section["settings"]:
+        lines += [f"**{setting['name']}**: {setting['spacing_mm']} mm, {setting['size']} voxels, "
+                  f"{setting['cases']} cases, {setting['repeats']} repeats interleaved.", ""]
+        rows = []
+        for name, timing in setting["timings"].items():
+            rows.append([name, _seconds(timing["min_s"]), _seconds(timing["median_s"]),
+                         _seconds(setting["per_case_median_s"][name]),
+                         _number(setting["speedup_vs_seed"].get(name, 1.0 if name == "seed" else None)) + "x",
+                         _number(timing.get("peak_rss_mb"))])
+        lines += _table(["Variant", "min s", "median s", "s / case", "vs seed", "peak RSS MB"], rows)
+        epoch = setting["epoch_pass"]
+        geometry = setting["geometry"]
+        lines += [f"One epoch pass without a network (the seed deep-copies the prepared set, "
+                  f"{setting['prepared_dataset_mb']['seed']} MB): seed "
+                  f"{_seconds(epoch['timings']['seed']['median_s'])} s, labkit "
+                  f"{_seconds(epoch['timings']['labkit']['median_s'])} s "
+                  f"({_number(epoch['speedup'])}x).", "",
+                  f"Geometry, {len(geometry['cases'])} cases (orientations "
+                  f"{', '.join(geometry['orientations'])}): label Dice min "
+                  f"{_number(geometry['label_dice_min'], 4)}, mean {_number(geometry['label_dice_mean'], 4)}; "
+                  f"image (seed cubic vs labkit linear, before normalisation) mean relative difference "
+                  f"{_number(geometry['image_relative_difference_mean'])}, correlation min "
+                  f"{_number(geometry['image_correlation_min'], 4)}; labkit linear vs nilearn 'linear' "
+                  f"max relative difference {_number(geometry['labkit_linear_vs_nilearn_linear_max_abs'])}.", ""]
+    overhead = section.get("epoch_overhead") or {}
+    if overhead:
+        timings = overhead["timings"]
+        lines += [f"Iterator overhead: a pass over {overhead['batches']} smoke batches "
+                  f"({overhead['size']}, augmentation on) takes "
+                  f"{_seconds(timings['iterator_pass']['median_s'])} s against "
+                  f"{_seconds(timings['smoke_training_epoch']['median_s'])} s for the whole smoke "
+                  f"training epoch with {overhead['net']}: {overhead['overhead_fraction']:.2%}.", ""]
+    return lines
+
+
+def vnet_section(section: dict | None) -> list[str]:
+    note = _status_line(section)
+    if note:
+        return note
+    lines = [f"One training step (forward, Dice loss, backward, Adam) on CPU, "
+             f"{section['threads']} threads, input {section['size']}, batch {section['batch_size']}, "
+             f"{section['n_filters']} filters, {section['repeats']} repeats interleaved. "
+             f"Lab code from {section['lab_source']}. `seed`: the old formulation (hand-written "
+             "GroupNorm3D, `nn.DataParallel`); `seed_nn_groupnorm`: the same with `nn.GroupNorm`; "
+             "`monai`: `monai.networks.nets.VNet` (its defaults).", ""]
+    rows = []
+    for name, row in section["networks"].items():
+        rows.append([name, _number(row["parameters"]), _seconds(row["min_s"]), _seconds(row["median_s"]),
+                     _number(row["samples_per_s"]),
+                     _number(section["speedup_vs_seed"].get(name, 1.0)) + "x",
+                     _number(row.get("peak_rss_mb"))])
+    return lines + _table(["Network", "parameters", "min s/step", "median s/step", "samples/s",
+                           "vs seed", "peak RSS MB"], rows)
+
+
+def cfcm_section(section: dict | None) -> list[str]:
+    note = _status_line(section)
+    if note:
+        return note
+    lines = [f"Lab code from {section['lab_source']}; TensorFlow in its own process. ConvLSTM: "
+             "forward + backward over one stage's blocks, both under `tf.function`, Keras' "
+             "`ConvLSTM2D` with the weights mapped.", ""]
+    rows = []
+    for case in section["convlstm"]:
+        timings = case["timings"]
+        rows.append([case["name"], f"{case['batch']}x{case['height']}x{case['width']}x{case['channels']}",
+                     case["steps"], _seconds(timings["hand_written_cell"]["median_s"]),
+                     _seconds(timings["keras_convlstm2d"]["median_s"]),
+                     _number(case["speedup_vs_keras"]) + "x",
+                     f"{case['state_relative_error']:.1e} / {case['input_gradient_relative_error']:.1e}"])
+    lines += _table(["Sizes", "B x H x W x C", "steps", "hand-written s", "Keras s", "speed-up",
+                     "rel. error state / grad"], rows)
+    networks = section.get("networks")
+    if networks:
+        lines += [f"Networks, one training step at {networks['height']}x{networks['width']}, batch "
+                  f"{networks['batch']}, base filters {networks['base_filters']}:", ""]
+        rows = [[name, _number(row["parameters"]), _seconds(row["min_s"]), _seconds(row["median_s"]),
+                 _number(row["samples_per_s"])] for name, row in networks["networks"].items()]
+        lines += _table(["Network", "parameters", "min s/step", "median s/step", "samples/s"], rows)
+    return lines
+
+
+def gpu_section(section: dict | None) -> list[str]:
+    note = _status_line(section)
+    if note:
+        return note
+    lines = [f"{section['device']}, input {section['size']}, batch {section['batch_size']}, "
+             f"{section['n_filters']} filters, mixed precision in {section['amp_dtype']}.", ""]
+    rows = [[name, _seconds(row["min_s"]), _seconds(row["median_s"]), _number(row["samples_per_s"]),
+             _number(row["peak_gpu_memory_mb"]), _number(section["speedup_vs_seed"].get(name)) + "x"]
+            for name, row in section["networks"].items()]
+    return lines + _table(["Variant", "min s/step", "median s/step", "samples/s", "peak GPU MB",
+                           "vs seed"], rows)
+
+
+def notebooks_section(section: dict | None) -> list[str]:
+    note = _status_line(section)
+    if note:
+        return note
+    rows = []
+    for run in section["runs"]:
+        dice = ", ".join(_number(m.get("validation_dice")) for m in run.get("metrics", [])) or "–"
+        rows.append([run["notebook"], run["profile"], _seconds(run.get("wall_time_s")),
+                     run["status"], dice])
+    lines = _table(["Notebook", "profile", "wall s", "status", "validation Dice"], rows)
+    if section.get("not_measured"):
+        lines += [f"Profiles {NOT_MEASURED}: {', '.join(section['not_measured'])} "
+                  "(`run_all.py --notebooks smoke,cpu`).", ""]
+    return lines
+
+
+def learning_section(section: dict | None) -> list[str]:
+    note = _status_line(section)
+    if note:
+        return note
+    rows = []
+    for lab, part in section.get("parts", {}).items():
+        if part.get("status") != "measured":
+            rows.append([lab, part.get("status"), "–", "–", "–", part.get("error", part.get("reason", ""))])
+            continue
+        curve = part["curve"]
+        best = max(curve, key=lambda point: point["validation_dice"]) if curve else None
+        rows.append([lab, part["profile"], len(curve), _seconds(curve[-1]["time_s"]) if curve else "–",
+                     f"{best['validation_dice']:.3f} (epoch {best['epoch']}, {best['time_s']:.0f} s)" if best else "–",
+                     f"{part['train_cases']} train / {part['validation_cases']} validation cases"])
+    return ["![validation Dice against wall-clock time](learning_curves.png)", ""] + _table(
+        ["Lab", "profile", "epochs", "training s", "best validation Dice", "data"], rows)
+
+
+SECTIONS = [("data", "1. Data preparation (Lab 1 prostate set)", data_section),
+            ("vnet", "2. Lab 1 network: V-Net training step (CPU)", vnet_section),
+            ("cfcm", "3. Lab 2: ConvLSTM cell and CFCM34", cfcm_section),
+            ("gpu", "GPU (fp32 vs mixed precision, channels_last_3d)", gpu_section),
+            ("notebooks", "4. Whole notebooks", notebooks_section),
+            ("learning", "5. Learning: validation Dice against wall-clock time", learning_section)]
+
+
+def markdown(results: dict) -> str:
+    """The whole ``latest.md``."""
+    machine = results["machine"]
+    libraries = ", ".join(f"{name} {version}" for name, version in machine.get("libraries", {}).items())
+    lines = ["# Benchmark results", "",
+             f"Written by `{results.get('command', 'benchmarks/run_all.py')}` at {results['finished_at']}"
+             + (" (**--quick**: tiny sizes, not the lab's settings)" if results.get("quick") else "") + ".",
+             "",
+             f"Machine: {machine['cpu']}, {machine['cores']} usable cores, {machine.get('memory_gb')} GB; "
+             f"GPU: {', '.join(machine['gpus']) or 'none'}; load average at start "
+             f"{machine.get('load_average_at_start')} (a shared machine: absolute times vary, the "
+             "side-by-side ratios are what to read). Python " + machine["python"] + "; " + libraries + ".",
+             "",
+             "Times are min / median over repeats run side by side in one process, interleaved; "
+             "ratios use medians. Raw numbers: [latest.json](latest.json).", "",
+             "## Targets", ""]
+    lines += targets_table(results["sections"])
+    for key, title, render in SECTIONS:
+        section = results["sections"].get(key)
+        lines += [f"## {title}", ""]
+        if section and section.get("measured_at"):
+            lines += [f"_measured {section['measured_at']}, {section.get('section_wall_s', '?')} s_", ""]
+        lines += render(section)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning curves
+# ----------------------------------------------------------------------------------------------
+
+
+def plot_learning_curves(results: dict, path: Path) -> Path:
+    """Validation Dice against minutes of training, one panel per lab, targets drawn in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.io import atomic_path
+
+    parts = (results["sections"].get("learning") or {}).get("parts", {})
+    targets = {"vnet": (0.85, "Lab 1 V-Net (prostate MRI)"), "cfcm": (0.90, "Lab 2 CFCM (chest X-ray)")}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, (lab, (target, title)) in zip(axes, targets.items()):
+        part = parts.get(lab) or {}
+        curve = part.get("curve") or []
+        ax.set_title(title)
+        ax.set_xlabel("training time (minutes)")
+        ax.set_ylabel("validation Dice")
+        ax.set_ylim(0, 1)
+        ax.axhline(target, color="tab:green", linestyle="--", label=f"cpu target {target}")
+        ax.axvline(10, color="grey", linestyle=":", label="10 minutes")
+        if curve:
+            minutes = [point["time_s"] / 60 for point in curve]
+            ax.plot(minutes, [point["validation_dice"] for point in curve], "o-", label="validation")
+            ax.plot(minutes, [point["train_dice"] for point in curve], ".-", alpha=0.5, label="training")
+            ax.set_xlim(0, max(10.5, minutes[-1] * 1.05))
+        else:
+            ax.text(0.5, 0.5, NOT_MEASURED, ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlim(0, 10.5)
+        ax.legend(loc="lower right", fontsize="small")
+    profile = next((part.get("profile") for part in parts.values() if part.get("profile")), "cpu")
+    figure.suptitle(f"{profile} profile, synthetic data")
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
+    plt.close(figure)
+    return path
