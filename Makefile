@@ -62,13 +62,13 @@ test-browser: setup
 
 test-notebooks: data
 	LABKIT_PROFILE=smoke LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs \
-	  $(PY) -m pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
+	  $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
 	  --nbval-cell-timeout=600 -q $(NOTEBOOKS)
 
 test-gpu: data
 	$(PY) -m labkit doctor
 	LABKIT_PROFILE=gpu LABKIT_HEADLESS=1 $(PY) -m pytest --nbval-lax \
-	  --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=36000 -q $(NOTEBOOKS)
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=36000 -q $(NOTEBOOKS)
 
 # ---- headless runs, student notebooks, benchmarks ----
 run: data

@@ -146,7 +146,7 @@ def render(report: Report) -> str:
     lines = [f"Python        {f['python']}  ({f['platform']})"]
     for name in ("torch", "tensorflow", "tensorflow-cpu", "keras", "jupyterlab", "ipywidgets",
                  "jupyterlab_widgets"):
-        lines.append(f"{name:<18}{v.get(name) or 'not installed'}")
+        lines.append(f"{name:<20}{v.get(name) or 'not installed'}")
     lines.append(f"GPU visible   {'yes' if f['gpu_visible'] else 'no'}")
     for fw in ("torch", "tensorflow"):
         info = f.get(fw)

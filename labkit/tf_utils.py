@@ -82,10 +82,27 @@ def _gpu_name(gpu) -> str:
         return gpu.name
 
 
+def _trackables(objects: dict) -> dict:
+    """The objects, plus the full variable list of every Keras layer, model or optimizer.
+
+    ``tf.train.Checkpoint`` reaches a Keras 3 model's trainable weights through the model but
+    not its non-trainable ones (batch-norm moving means and variances), so a restored network
+    would predict differently in inference mode. Listing every variable explicitly fixes that.
+    """
+    import keras
+
+    found = {}
+    for name, value in objects.items():
+        found[name] = value
+        if isinstance(value, (keras.layers.Layer, keras.optimizers.Optimizer)):
+            found[f"{name}_variables"] = list(value.variables)
+    return found
+
+
 def _manager(folder: str | os.PathLike, max_to_keep: int, **objects) -> tf.train.CheckpointManager:
     if not objects:
         raise ValueError("nothing to checkpoint: pass the objects as keywords, e.g. net=net, optimizer=optimizer")
-    checkpoint = tf.train.Checkpoint(**objects)
+    checkpoint = tf.train.Checkpoint(**_trackables(objects))
     directory = Path(folder) / CHECKPOINT_FOLDER
     return tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=max_to_keep)
 
@@ -123,7 +140,8 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
     """Restore ``objects`` from the newest checkpoint under ``folder/checkpoints``.
 
-    The objects must be built (call the model once on a batch) so every variable exists.
+    The objects must be built (call the model once on a batch, ``optimizer.build(variables)``)
+    so every variable exists, including batch-norm statistics and optimizer moments.
 
     Returns:
         The restored checkpoint's path, or None when the folder has none (a fresh run).
@@ -135,7 +153,7 @@ def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
     path = latest_checkpoint(folder)
     if path is None:
         return None
-    checkpoint = tf.train.Checkpoint(**objects)
+    checkpoint = tf.train.Checkpoint(**_trackables(objects))
     try:
         status = checkpoint.restore(str(path))
         status.assert_existing_objects_matched()

@@ -27,7 +27,10 @@ class CheckpointError(ValueError):
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """The device to train on: CUDA when a GPU is usable, else Apple's MPS, else the CPU.
+    """The device to train on: CUDA when a GPU is usable, else the CPU.
+
+    Apple's MPS is not chosen automatically (some 3D operations the lab uses are missing or
+    slow there); pass ``prefer="mps"`` to try it.
 
     Args:
         prefer: force a device ("cpu", "cuda", "cuda:1", "mps"); None chooses automatically.
@@ -43,13 +46,14 @@ def pick_device(prefer: str | None = None) -> torch.device:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} was asked for but PyTorch sees no CUDA GPU; "
                              "use 'cpu' or leave the device to be chosen automatically")
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(f"device {prefer!r} was asked for but this PyTorch has no usable MPS; "
+                             "use 'cpu' or leave the device to be chosen automatically")
         return device
     # Note the call: `torch.cuda.is_available` without () is a function object, always truthy.
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
     return torch.device("cpu")
 
 

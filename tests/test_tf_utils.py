@@ -54,6 +54,43 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_epoch(tmp_path):
         np.testing.assert_array_equal(mine, theirs)
 
 
+class NestedNet(keras.Model):
+    """Layers kept in a list of lists, as the lab's encoder keeps its stages of blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = [[keras.layers.Dense(3), keras.layers.BatchNormalization()]]
+        self.head = keras.layers.Dense(1)
+
+    def call(self, inputs, training=False):
+        dense, norm = self.stages[0]
+        return self.head(norm(dense(inputs), training=training))
+
+
+def normalised_net():
+    net = NestedNet()
+    net(tf.zeros((1, 4)))
+    return net
+
+
+def test_checkpoint_restores_batchnorm_statistics_and_optimizer_moments(tmp_path):
+    tf_utils.configure(seed=2)
+    net, optimizer = normalised_net(), keras.optimizers.Adam(1e-2)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(net(tf.random.uniform((8, 4), seed=1), training=True) ** 2)
+    optimizer.apply(tape.gradient(loss, net.trainable_variables), net.trainable_variables)
+    tf_utils.save_checkpoint(tmp_path, net=net, optimizer=optimizer)
+
+    fresh, fresh_optimizer = normalised_net(), keras.optimizers.Adam(1e-2)
+    fresh_optimizer.build(fresh.trainable_variables)
+    tf_utils.restore_checkpoint(tmp_path, net=fresh, optimizer=fresh_optimizer)
+    assert not np.allclose(net.stages[0][1].moving_mean.numpy(), 0.0)
+    for mine, theirs in zip(net.weights, fresh.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    for mine, theirs in zip(optimizer.variables, fresh_optimizer.variables, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+
+
 def test_checkpoints_are_numbered_and_pruned(tmp_path):
     net = tiny_net()
     for _ in range(3):

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.torch
 
 def test_pick_device_cpu_when_no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # never chosen on its own
     assert torch_utils.pick_device() == torch.device("cpu")
 
 
@@ -21,8 +21,11 @@ def test_pick_device_cuda_when_available(monkeypatch):
 
 def test_pick_device_refuses_missing_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):
         torch_utils.pick_device("cuda")
+    with pytest.raises(ValueError, match="no usable MPS"):
+        torch_utils.pick_device("mps")
     assert torch_utils.pick_device("cpu") == torch.device("cpu")
 
 

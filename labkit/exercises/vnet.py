@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -29,7 +27,7 @@ _TOLERANCE = 1e-4
 def _numpy_dice_loss(prob: np.ndarray, label: np.ndarray, squared: bool) -> float:
     """Reference: mean over cases of 1 - 2|P.G| / (|P|^2 + |G|^2) (or |P| + |G|)."""
     losses = []
-    for case_prob, case_label in zip(prob, label):
+    for case_prob, case_label in zip(prob, label, strict=True):
         overlap = float(np.sum(case_prob * case_label))
         if squared:
             total = float(np.sum(case_prob**2) + np.sum(case_label**2))

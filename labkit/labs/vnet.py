@@ -115,7 +115,7 @@ class VNet(nn.Module):
             channels = widths[level + 1]
         self.bottom = ResidualBlock(bottom_stages, channels, channels, normalization)
         self.up, self.decoder = nn.ModuleList(), nn.ModuleList()
-        for level, n_stages in zip(reversed(range(len(down_stages))), up_stages):
+        for level, n_stages in zip(reversed(range(len(down_stages))), up_stages, strict=True):
             self.up.append(UpConv(widths[level + 1], widths[level], normalization))
             self.decoder.append(ResidualBlock(n_stages, widths[level], widths[level], normalization))
         self.head = nn.Conv3d(n_filters, out_channels, kernel_size=1)
@@ -126,12 +126,12 @@ class VNet(nn.Module):
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])}: each side must be a "
                              f"multiple of {self.size_multiple}; pad or crop the volume")
         skips = []
-        for block, down in zip(self.encoder, self.down):
+        for block, down in zip(self.encoder, self.down, strict=True):
             x = block(x)
             skips.append(x)  # kept for the long skip
             x = down(x)
         x = self.bottom(x)
-        for up, block in zip(self.up, self.decoder):
+        for up, block in zip(self.up, self.decoder, strict=True):
             x = up(x) + skips.pop()  # summation, not concatenation
             x = block(x)
         return self.head(x)

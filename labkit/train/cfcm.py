@@ -277,10 +277,32 @@ def average_statistics(strategy, net) -> None:
     def replica_average():
         context = tf.distribute.get_replica_context()
         means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(_tf_variable(w)) for w in weights])
-        for weight, mean in zip(weights, means):
+        for weight, mean in zip(weights, means, strict=True):
             weight.assign(mean)
 
     tf.function(lambda: strategy.run(replica_average))()
+
+
+def check_workers_resume_together(strategy, epoch, workers: Workers) -> None:
+    """Every worker must resume from the same epoch (each reads its own run folder).
+
+    Raises:
+        TrainError: on every worker at once, when their checkpoints differ.
+    """
+    if workers.count == 1:
+        return
+
+    def replica_moments():
+        context = tf.distribute.get_replica_context()
+        value = tf.cast(tf.identity(_tf_variable(epoch)), tf.float64)
+        return context.all_reduce(tf.distribute.ReduceOp.MEAN, tf.stack([value, value * value]))
+
+    moments = strategy.experimental_local_results(tf.function(lambda: strategy.run(replica_moments))())[0]
+    mean, mean_square = (float(value) for value in np.asarray(moments))
+    if mean_square - mean * mean > 1e-9:
+        raise TrainError("the workers found different checkpoints in their run folders; put LABKIT_RUNS "
+                         "on a filesystem every machine shares, or copy the chief's run folder to the "
+                         "others, then start again")
 
 
 def replica_weight_spread(strategy, net) -> float:
@@ -294,7 +316,9 @@ def replica_weight_spread(strategy, net) -> float:
 
 
 def _tf_variable(variable):
-    return getattr(variable, "value", variable)
+    """The TensorFlow variable behind a Keras variable (a TensorFlow variable as it is)."""
+    value = getattr(variable, "value", variable)
+    return variable if callable(value) else value
 
 
 def save_state(folder: Path, workers: Workers, number: int, state: dict) -> None:
@@ -325,7 +349,7 @@ def evaluate(validation_step, batches, limit: int | None = None) -> tuple[dict, 
         loss, score, pred = validation_step(image, label)
         totals += len(batch["id"]) * np.array([float(loss), float(score)])
         count += len(batch["id"])
-        for case_id, case_pred, case_label in zip(batch["id"], np.asarray(pred)[..., 0], batch["label"]):
+        for case_id, case_pred, case_label in zip(batch["id"], np.asarray(pred)[..., 0], batch["label"], strict=True):
             scores[case_id] = labkit_metrics.dice(case_pred > 0.5, case_label > 0.5)
     loss, score = totals / max(count, 1)
     return scores, float(loss), float(score)
@@ -388,6 +412,7 @@ def run(args: argparse.Namespace) -> dict:
                         "blocks": list(args.blocks) if args.blocks else [3, 4, 6, 3], "strategy": args.strategy,
                         "replicas": replicas, "workers": workers.count, "seed": profile.seed}
     history = _restore(folder, state, current_settings, args.fresh, log)
+    check_workers_resume_together(strategy, epoch, workers)
     log.history = history
     if workers.is_chief:
         common.write_settings(folder, current_settings)

@@ -32,7 +32,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -100,7 +99,7 @@ def mean_over_ranks(values: dict, device: torch.device) -> dict:
     tensor = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     tensor /= dist.get_world_size()
-    return dict(zip(keys, tensor.tolist()))
+    return dict(zip(keys, tensor.tolist(), strict=True))
 
 
 def gather_scores(scores: dict) -> dict:
@@ -170,11 +169,12 @@ def make_batches(settings, seed: int, rank: Rank, workers: int | None, augment: 
 
 
 def make_batches_main_first(settings, seed: int, rank: Rank, workers, device, augment: bool = True):
-    """:func:`make_batches`, rank 0 first (it prepares and caches the cases; the others read them)."""
-    if rank.is_main:
+    """:func:`make_batches`, the first process of each machine first (it prepares and caches
+    the cases; the machine's other processes then read the cache)."""
+    if rank.local_rank == 0:
         made = make_batches(settings, seed, rank, workers, augment)
     barrier(device)
-    if not rank.is_main:
+    if rank.local_rank != 0:
         made = make_batches(settings, seed, rank, workers, augment)
     return made
 
@@ -183,7 +183,10 @@ def make_batches_main_first(settings, seed: int, rank: Rank, workers, device, au
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
 def restore(folder: Path, net, optimizer, scaler, settings_record: dict, device, fresh: bool) -> dict:
-    """Load ``last.pt`` into the network, optimiser and scaler (every process does the same).
+    """Load ``last.pt`` into the network, optimiser and scaler of every process.
+
+    Rank 0 reads the file and sends its contents to the others, so only the machine of rank 0
+    needs the run folder (other nodes may have no copy of it).
 
     Returns:
         ``{'start_epoch', 'history', 'wall_time_s', 'restored'}``.
@@ -191,19 +194,36 @@ def restore(folder: Path, net, optimizer, scaler, settings_record: dict, device,
     Raises:
         TrainError: when the checkpoint's model-shaping settings differ from this run's.
     """
-    from labkit import torch_utils
-
-    path = Path(folder) / LAST
-    if fresh or not path.is_file():
+    state = _read_last(folder, settings_record, fresh) if not distributed() or dist.get_rank() == 0 else None
+    if distributed():
+        shared = [state]
+        dist.broadcast_object_list(shared, src=0)
+        state = shared[0]
+    if state is not None and "error" in state:  # every process stops with rank 0's message
+        raise TrainError(state["error"])
+    if state is None:
         return {"start_epoch": 0, "history": {}, "wall_time_s": 0.0, "restored": None}
-    state = torch_utils.load_checkpoint(path, map_location=device)
-    common.check_same_settings({"lab": "vnet", **state.get("settings", {})}, settings_record, folder)
     net.load_state_dict(state["net"])
     optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     return {"start_epoch": int(state["epoch"]) + 1, "history": state.get("history", {}),
-            "wall_time_s": float(state.get("wall_time_s", 0.0)), "restored": path}
+            "wall_time_s": float(state.get("wall_time_s", 0.0)), "restored": Path(folder) / LAST}
+
+
+def _read_last(folder: Path, settings_record: dict, fresh: bool) -> dict | None:
+    """The checkpoint ``last.pt`` on the CPU (None when absent or ``fresh``); settings checked."""
+    from labkit import torch_utils
+
+    path = Path(folder) / LAST
+    if fresh or not path.is_file():
+        return None
+    try:
+        state = torch_utils.load_checkpoint(path, map_location="cpu")
+        common.check_same_settings({"lab": "vnet", **state.get("settings", {})}, settings_record, folder)
+    except (TrainError, torch_utils.CheckpointError) as error:
+        return {"error": str(error)}
+    return state
 
 
 def save(folder: Path, epoch: int, net, optimizer, scaler, history: dict, settings, wall_time_s: float,
@@ -233,7 +253,7 @@ def case_scores(lab, net, batches, device, amp: bool, channels_last: bool) -> di
         with torch_utils.autocast(device, amp):
             logits = net(image)
         prob = torch.sigmoid(logits.float()).cpu().numpy()
-        for case_id, case_prob, case_label in zip(batch["id"], prob, batch["label"]):
+        for case_id, case_prob, case_label in zip(batch["id"], prob, batch["label"], strict=True):
             scores[case_id] = labkit_metrics.dice(case_prob > 0.5, case_label > 0.5)
     return scores
 
@@ -248,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_common_arguments(parser)
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
                         help="force the device (default: a GPU per process when there is one)")
+    parser.add_argument("--normalization", choices=("groupnorm", "batchnorm", "none"), default=None,
+                        help="normalisation layers (default: the profile's); batchnorm is synchronised across GPUs")
     parser.add_argument("--no-augment", action="store_true", help="train without random flips / affine / intensity")
     return parser
 
@@ -258,6 +280,9 @@ def run(args: argparse.Namespace) -> dict | None:
 
     common.apply_environment(args)
     profile, settings = common.settings_from_arguments(args, "vnet")
+    if args.normalization is not None:
+        profile = profile.with_vnet(normalization=args.normalization)
+        settings = profile.vnet
     rank = common.rank_from_environment()
     device = start_processes(rank, args.device)
     try:
