@@ -21,7 +21,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-
 from common import compare, log, ratio, section_main  # noqa: E402
 
 STAGE_ONE_BLOCKS = 3  # ResNet34's first stage: three blocks, so three ConvLSTM steps

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import compare, log, ratio, section_main
 
 COLD_TARGET, CACHED_TARGET, OVERHEAD_TARGET, DICE_TARGET = 5.0, 20.0, 0.02, 0.99
@@ -84,8 +83,9 @@ def _data_source(config) -> str:
 
 def measure_setting(cases: list, setting: dict, repeats: int) -> dict:
     """Seed vs labkit (cold, cold one worker, cached) at one setting, interleaved."""
-    from labkit.data import BatchIterator, prostate
     from seed_reference import SeedBatchIterator
+
+    from labkit.data import BatchIterator, prostate
 
     spacing, size = setting["spacing"], setting["size"]
     chain = prostate.preprocessing(spacing=spacing, size=size)
@@ -193,10 +193,10 @@ def geometry_agreement(cases: list, setting: dict) -> dict:
 
 def _compare_case(case: dict, spacing, size) -> dict:
     import nibabel as nib
+    from seed_reference import seed_prepare_case
 
     from labkit.data.transforms import Compose
     from labkit.metrics import dice
-    from seed_reference import seed_prepare_case
 
     seed = seed_prepare_case(case, spacing, size, keep_geometry=True)
     ours = Compose(geometry_chain(spacing, size))(case)
@@ -266,8 +266,9 @@ def oblique_copy(case: dict, folder: Path, degrees: float = 10.0) -> dict:
 def linear_matches_nilearn(case: dict, spacing) -> float:
     """Largest difference between labkit's linear resampling and nilearn's 'linear', relative
     to the image's largest value (both on the file's own axes: nilearn does not reorient)."""
-    from labkit.data.transforms import LoadNifti, resample
     from seed_reference import seed_resample
+
+    from labkit.data.transforms import LoadNifti, resample
 
     loaded = LoadNifti(["image"])(case)
     theirs = np.moveaxis(np.asarray(seed_resample(case["image"], spacing, "linear").dataobj), -1, 0)

@@ -57,7 +57,6 @@ def _amp_dtype():
 
 def _variants(n_filters: int, device) -> tuple[dict, str]:
     import torch
-
     from lab_code import LabCodeMissing, build_lab_vnet, load_lab
     from seed_reference import build_seed_vnet
 
@@ -77,7 +76,6 @@ def _variants(n_filters: int, device) -> tuple[dict, str]:
 
 def _measure(net, image, label, amp: bool, channels_last: bool, repeats: int) -> dict:
     import torch
-
     from seed_reference import seed_dice_loss
 
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)

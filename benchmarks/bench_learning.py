@@ -60,8 +60,8 @@ def _point(epoch: int, started: float, train_dice: float, validation_dice: float
 
 def _learn_vnet(profile, config, budget: float):
     import torch
-
     from lab_code import load_lab
+
     from labkit import torch_utils
     from labkit.data import BatchIterator, prostate
     from labkit.data.transforms import RandomAffine, RandomFlip, RandomIntensity
@@ -114,8 +114,8 @@ def _learn_cfcm(profile, config, budget: float):
     import keras
     import numpy as np
     import tensorflow as tf
-
     from lab_code import load_lab
+
     from labkit import tf_utils
     from labkit.data import BatchIterator, lung
     from labkit.data.transforms import RandomAffine, RandomIntensity, Shuffle

@@ -30,7 +30,7 @@ def run(config: dict) -> dict:
     profiles = list(config.get("profiles", ["smoke"]))
     rows = []
     for profile in profiles:
-        for lab, notebook in NOTEBOOKS.items():
+        for notebook in NOTEBOOKS.values():
             log(f"notebooks: {notebook}, profile {profile}")
             rows.append(run_one(REPOSITORY / notebook, profile, config.get("data_root")))
     return {"profiles": profiles, "runs": rows,

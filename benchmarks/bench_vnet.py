@@ -20,8 +20,8 @@ def run(config: dict) -> dict:
     import torch
 
     quick = bool(config.get("quick"))
-    size = tuple(config.get("size", (32, 32, 32) if quick else (128, 128, 64)))
-    batch_size = int(config.get("batch_size", 1))
+    size = tuple(config.get("size", (16, 16, 16) if quick else (128, 128, 64)))
+    batch_size = int(config.get("batch_size", 2 if quick else 1))  # MONAI's BatchNorm needs 2 at 16^3
     n_filters = int(config.get("n_filters", 16))
     repeats = int(config.get("repeats", 2))
     torch.manual_seed(0)
@@ -30,7 +30,7 @@ def run(config: dict) -> dict:
     label = (torch.rand(batch_size, 1, *size) > 0.7).float()
     log(f"vnet: {', '.join(nets)} at {size}, batch {batch_size}, {torch.get_num_threads()} threads")
     steps = {name: training_step(net) for name, net in nets.items()}
-    _warm_up(steps, batch_size)
+    _warm_up(steps)
     timings = compare({name: (lambda step=step: step(image, label)) for name, step in steps.items()},
                       repeats=repeats, warmup=0)
     rows = {}
@@ -74,7 +74,6 @@ def build_networks(n_filters: int, include_monai: bool = True) -> tuple[dict, st
 def training_step(net):
     """A callable ``step(image, label)``: one forward + backward + Adam step of ``net``."""
     import torch
-
     from seed_reference import seed_dice_loss
 
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -88,13 +87,13 @@ def training_step(net):
     return step
 
 
-def _warm_up(steps: dict, batch_size: int) -> None:
+def _warm_up(steps: dict) -> None:
     """One small untimed step per network (optimiser state, kernels) at a fraction of the cost
     of a full-size step."""
     import torch
 
-    image = torch.randn(batch_size, 2, 32, 32, 32)
-    label = torch.zeros(batch_size, 1, 32, 32, 32)
+    image = torch.randn(2, 2, 16, 16, 16)
+    label = torch.zeros(2, 1, 16, 16, 16)
     for step in steps.values():
         step(image, label)
 

@@ -223,6 +223,7 @@ def section_main(run, description: str) -> int:
     args = parser.parse_args()
     config = json.loads(args.config)
     start = time.perf_counter()
+    load_at_start = _load_average()
     try:
         result = run(config)
         result.setdefault("status", "measured")
@@ -230,9 +231,18 @@ def section_main(run, description: str) -> int:
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["load_average"] = {"start": load_at_start, "end": _load_average()}
     result["section_wall_s"] = round(time.perf_counter() - start, 1)
     write_json(args.result, result)
     return 0
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other users of a shared machine show up here)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def write_json(path, record) -> None:

@@ -54,7 +54,7 @@ def _met(value) -> str:
 
 def targets_table(sections: dict) -> list[str]:
     rows = []
-    for name, section in sections.items():
+    for section in sections.values():
         for part in _parts(section):
             for target in part.get("targets", []):
                 measured = target.get("measured")
@@ -245,7 +245,11 @@ def markdown(results: dict) -> str:
         section = results["sections"].get(key)
         lines += [f"## {title}", ""]
         if section and section.get("measured_at"):
-            lines += [f"_measured {section['measured_at']}, {section.get('section_wall_s', '?')} s_", ""]
+            load = section.get("load_average") or {}
+            load_note = (f", 1-min load average {load.get('start')} -> {load.get('end')}"
+                         if load.get("start") is not None else "")
+            lines += [f"_measured {section['measured_at']}, {section.get('section_wall_s', '?')} s"
+                      f"{load_note}_", ""]
         lines += render(section)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -267,7 +271,7 @@ def plot_learning_curves(results: dict, path: Path) -> Path:
     parts = (results["sections"].get("learning") or {}).get("parts", {})
     targets = {"vnet": (0.85, "Lab 1 V-Net (prostate MRI)"), "cfcm": (0.90, "Lab 2 CFCM (chest X-ray)")}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, (lab, (target, title)) in zip(axes, targets.items()):
+    for ax, (lab, (target, title)) in zip(axes, targets.items(), strict=True):
         part = parts.get(lab) or {}
         curve = part.get("curve") or []
         ax.set_title(title)

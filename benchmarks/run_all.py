@@ -55,6 +55,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="seconds of training per lab in the learning section (default 600)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="data root holding Task05_Prostate and MontgomerySet (default $LABKIT_DATA)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite latest.md and the PNG from --out's latest.json")
     args = parser.parse_args(argv)
     args.sections = _chosen_sections(parser, args.only)
     if args.repeats is not None and args.repeats < 1:
@@ -136,10 +138,25 @@ def _earlier_sections(out: Path, machine: dict, quick: bool) -> dict:
     return earlier.get("sections", {})
 
 
-def main(argv=None) -> int:
+def write_reports(out: Path, results: dict) -> None:
+    """``latest.json`` (unless it is the source), ``latest.md`` and ``learning_curves.png``."""
     from report import markdown, plot_learning_curves
 
+    from labkit.io import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "latest.json", results)
+    atomic_write_text(out / "latest.md", markdown(results))
+    plot_learning_curves(results, out / "learning_curves.png")
+
+
+def main(argv=None) -> int:
     args = parse_arguments(argv)
+    if args.render:
+        results = json.loads((args.out / "latest.json").read_text(encoding="utf-8"))
+        write_reports(args.out, results)
+        log(f"rewrote {args.out / 'latest.md'} and learning_curves.png")
+        return 0
     started = time.perf_counter()
     machine = machine_info()
     sections = _earlier_sections(args.out, machine, args.quick) if len(args.sections) < len(SECTIONS) else {}
@@ -154,12 +171,7 @@ def main(argv=None) -> int:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "latest.json", results)
-    from labkit.io import atomic_write_text
-
-    atomic_write_text(args.out / "latest.md", markdown(results))
-    plot_learning_curves(results, args.out / "learning_curves.png")
+    write_reports(args.out, results)
     log(f"wrote {args.out / 'latest.json'}, latest.md, learning_curves.png "
         f"in {results['wall_time_s']:.0f} s")
     failed = [name for name in args.sections if sections[name].get("status") == "failed"]

@@ -71,7 +71,7 @@ def seed_crop(array: np.ndarray, size):
         (cropped array, index in the unpadded array of the crop's first voxel).
     """
     before, after, start = seed_crop_window(array.shape[1:], size)
-    padded = np.pad(array, [(0, 0)] + [(int(b), int(a)) for b, a in zip(before, after)])
+    padded = np.pad(array, [(0, 0)] + [(int(b), int(a)) for b, a in zip(before, after, strict=True)])
     stop = start + np.asarray(size)
     cropped = padded[:, start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
     return np.ascontiguousarray(cropped), start - before
@@ -192,17 +192,17 @@ def build_seed_vnet(in_channels: int = 2, out_channels: int = 1, n_filters: int 
             self.up = nn.ModuleList([resize_block(widths[i + 1], widths[i], up=True)
                                      for i in reversed(range(4))])
             self.decoder = nn.ModuleList([ResidualStage(n, w, w) for n, w in
-                                          zip((3, 3, 2, 1), reversed(widths[:4]))])
+                                          zip((3, 3, 2, 1), reversed(widths[:4]), strict=True)])
             self.head = nn.Conv3d(f, out_channels, 1)
 
         def forward(self, x):
             skips = []
-            for stage, down in zip(self.encoder[:4], self.down):
+            for stage, down in zip(self.encoder[:4], self.down, strict=True):
                 x = stage(x)
                 skips.append(x)
                 x = down(x)
             x = self.encoder[4](x)
-            for up, stage, skip in zip(self.up, self.decoder, reversed(skips)):
+            for up, stage, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
                 x = stage(up(x) + skip)
             return self.head(x)
 

@@ -75,12 +75,15 @@ class Profile:
 
 
 # --- Lab 1 settings (owned by the V-Net lab) ---
+# cpu: on the synthetic set, a script with the notebook's model, loss and augmentation reached
+# validation Dice 0.855 at epoch 20 and 0.873 at epoch 23 (about 5 CPU-seconds per epoch on one
+# core); 40 epochs leave a margin. gpu: the original course's settings.
 VNET_SETTINGS = {
     "smoke": VNetSettings(image_size=(32, 32, 16), spacing=(6.0, 6.0, 6.0), n_filters=4,
                           normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=2,
                           lr=1e-3, max_cases=6, amp=False),
     "cpu": VNetSettings(image_size=(64, 64, 32), spacing=(3.0, 3.0, 3.0), n_filters=8,
-                        normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=60,
+                        normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=40,
                         lr=1e-3, max_cases=None, amp=False),
     "gpu": VNetSettings(image_size=(256, 256, 96), spacing=(1.0, 1.0, 1.0), n_filters=16,
                         normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=50,
@@ -88,6 +91,9 @@ VNET_SETTINGS = {
 }
 
 # --- Lab 2 settings (owned by the CFCM lab) ---
+# cpu: on the synthetic set, CFCM34 with the notebook's code reached validation Dice 0.916 at
+# epoch 6 and 0.958 at epoch 7 (about 0.5 s per training step of 8 at 128x128 on 2 idle cores,
+# 10-20 s per epoch on a shared machine); 15 epochs leave a margin. gpu: the original settings.
 CFCM_SETTINGS = {
     "smoke": CFCMSettings(image_size=(64, 64), base_filters=4, batch_size=4, max_epochs=2,
                           lr=1e-3, max_cases=12, mixed_precision=False, xla=False),

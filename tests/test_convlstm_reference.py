@@ -87,6 +87,7 @@ def test_cell_weights_are_created_once(lab):
     assert count == 2 and len(mine.weights) == count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [
     lambda lab: lab.CFCM34(2),
     lambda lab: lab.LadderNet(2, fusion="sum"),
@@ -132,9 +133,10 @@ def test_dice_loss_and_score_on_known_masks(lab):
     assert float(lab.dice_score(tf.constant(half * 0.9), tf.constant(label))) == pytest.approx(2 * 8 / 24, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss(lab):
     keras.utils.set_random_seed(0)
-    net = lab.LadderNet(2, fusion="sum")
+    net = lab.CFCM34(2, layers=(1, 2, 1, 1))  # a short ladder: quick to trace, same code path
     optimizer = keras.optimizers.Adam(1e-2)
     train_step, validation_step = lab.make_steps(net, optimizer)
     image = tf.random.uniform((2, 32, 32, 1), seed=4)

@@ -157,6 +157,7 @@ def test_first_batches_stops_early_and_reports_its_length():
     assert list(FirstBatches(Five(), None)) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.tf
 def test_tf_config_gives_the_worker_index_and_chief():
     pytest.importorskip("tensorflow")
     from labkit.train import cfcm
@@ -201,10 +202,47 @@ def test_the_dispatcher_rejects_an_unknown_lab(capsys):
     assert "choose one of vnet, cfcm" in capsys.readouterr().err
 
 
+# What labkit.train takes from the notebooks' exported modules (a rename there must show up here)
+VNET_NAMES = {"VNet": ("in_channels", "out_channels", "n_filters", "normalization"),
+              "dice_loss": ("prob", "label"), "to_tensors": ("batch", "device", "channels_last"),
+              "train_one_epoch": ("net", "batches", "optimizer", "loss_fn", "device", "accumulate", "scaler",
+                                  "amp", "channels_last"),
+              "evaluate": ("net", "batches", "loss_fn", "device", "amp", "channels_last")}
+CFCM_NAMES = {"CFCM34": ("base_filters", "layers"), "LadderNet": ("base_filters", "layers", "fusion"),
+              "make_steps": ("net", "optimizer", "xla")}
+
+
+def _check_names(module, names: dict) -> None:
+    import inspect
+
+    for name, parameters in names.items():
+        assert hasattr(module, name), f"{module.__name__} no longer defines {name}: update labkit.train"
+        accepted = inspect.signature(getattr(module, name)).parameters
+        missing = [parameter for parameter in parameters if parameter not in accepted]
+        assert not missing, f"{module.__name__}.{name} lost the parameters {missing}: update labkit.train"
+
+
+@pytest.mark.torch
+def test_the_vnet_lab_module_defines_what_the_trainer_uses():
+    pytest.importorskip("torch")
+    from labkit.labs import vnet
+
+    _check_names(vnet, VNET_NAMES)
+
+
+@pytest.mark.tf
+def test_the_cfcm_lab_module_defines_what_the_trainer_uses():
+    pytest.importorskip("tensorflow")
+    from labkit.labs import cfcm
+
+    _check_names(cfcm, CFCM_NAMES)
+
+
 # ----------------------------------------------------------------------------------------------
 # Lab 1: torchrun, two processes, Gloo
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.torch
 def test_torchrun_two_processes_train_in_step_and_resume(tiny_prostate_root, tmp_path):
     _torchrun([*VNET_TINY, "--max-epochs", "3", "--run-name", "two"], tiny_prostate_root, tmp_path)
     record = _metrics(tmp_path, "vnet-smoke-two")
@@ -223,6 +261,7 @@ def test_torchrun_two_processes_train_in_step_and_resume(tiny_prostate_root, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_two_processes_step_like_one_process_with_the_global_batch(tiny_prostate_root, tmp_path):
     """DDP averages the gradients: 2 processes x 1 case = 1 process x 2 cases, weight for weight."""
     torch = pytest.importorskip("torch")
@@ -251,6 +290,7 @@ def test_two_processes_step_like_one_process_with_the_global_batch(tiny_prostate
 # Lab 2: MirroredStrategy over two logical CPU devices
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.tf
 def test_mirrored_strategy_on_two_cpu_devices_trains_in_step_and_resumes(tiny_lung_root, tmp_path):
     command = [sys.executable, "-m", "labkit.train", "cfcm", "--strategy", "mirrored", "--cpu-devices", "2",
                *CFCM_TINY, "--run-name", "two"]
@@ -265,6 +305,48 @@ def test_mirrored_strategy_on_two_cpu_devices_trains_in_step_and_resumes(tiny_lu
     result = _run([*command, "--max-epochs", "4"], tiny_lung_root, tmp_path)
     assert "resuming from ckpt-3" in result.stdout
     assert _metrics(tmp_path, "cfcm-smoke-two")["history"]["epoch"] == [1, 2, 3, 4]
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for handle in sockets:
+            handle.bind(("localhost", 0))
+        return [handle.getsockname()[1] for handle in sockets]
+    finally:
+        for handle in sockets:
+            handle.close()
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_multiworker_strategy_with_two_local_workers(tiny_lung_root, tmp_path):
+    """Two processes on this machine play two machines (TF_CONFIG); only the chief writes."""
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    command = [sys.executable, "-m", "labkit.train", "cfcm", "--strategy", "multiworker", *CFCM_TINY,
+               "--max-epochs", "1", "--steps-per-epoch", "1", "--eval-batches", "1", "--run-name", "workers"]
+    processes = []
+    for index in range(2):
+        environment = _environment(tiny_lung_root, tmp_path)
+        environment["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
+                                               "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert [process.returncode for process in processes] == [0, 0], "\n----\n".join(outputs)[-6000:]
+    record = _metrics(tmp_path, "cfcm-smoke-workers")
+    assert (record["workers"], record["replicas"], record["global_batch_size"]) == (2, 2, 4)
+    assert record["replica_weight_spread"] == 0.0
+    assert "[labkit.train]" in outputs[0] and "[labkit.train]" not in outputs[1]
 
 
 REPLICA_MEAN_SCRIPT = """
@@ -298,6 +380,7 @@ print("replica spread", spread)
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_two_replicas_step_like_one_device_with_the_global_batch(tmp_path):
     """The gradients are averaged, not summed: 2 replicas x 2 images = 1 device x 4 images."""
     result = _run([sys.executable, "-c", REPLICA_MEAN_SCRIPT], tmp_path, tmp_path)

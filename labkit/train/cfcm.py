@@ -42,6 +42,7 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -97,10 +98,10 @@ def read_tf_config(environ=None) -> dict:
     try:
         config = json.loads(text)
     except ValueError as error:
-        raise TrainError(f"TF_CONFIG is not valid JSON ({error}); see docs/TRAINING_BEYOND_ONE_GPU.md") from None
+        raise TrainError(f"TF_CONFIG is not valid JSON ({error}); see 'Training beyond one GPU' in README.md") from None
     if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
         raise TrainError("TF_CONFIG needs a 'cluster' (worker addresses) and a 'task' ({'type': "
-                         "'worker', 'index': i}); see docs/TRAINING_BEYOND_ONE_GPU.md")
+                         "'worker', 'index': i}); see 'Training beyond one GPU' in README.md")
     return config
 
 
@@ -126,7 +127,7 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Workers]:
         config = read_tf_config()
         if not config:
             raise TrainError("--strategy multiworker needs TF_CONFIG on every machine (cluster "
-                             "addresses and this machine's index); see docs/TRAINING_BEYOND_ONE_GPU.md")
+                             "addresses and this machine's index); see 'Training beyond one GPU' in README.md")
         return tf.distribute.MultiWorkerMirroredStrategy(), workers_from_tf_config(config)
     if name == "mirrored":
         devices = [device.name for device in tf.config.list_logical_devices("GPU")]
@@ -376,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Train as ``args`` say; returns the metrics record (written by the chief)."""
-    from labkit import runs, tf_utils
+    from labkit import tf_utils
 
     common.apply_environment(args)
     profile, settings = common.settings_from_arguments(args, "cfcm")
@@ -385,69 +386,99 @@ def run(args: argparse.Namespace) -> dict:
             raise TrainError(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
         split_cpu(args.cpu_devices)
     setup = tf_utils.configure(seed=profile.seed, mixed_precision=settings.mixed_precision, xla=settings.xla)
-    strategy, workers = make_strategy(args.strategy)
-    replicas = strategy.num_replicas_in_sync
-    local_replicas = max(1, replicas // workers.count)
-    lr = common.scaled_lr(settings.lr, replicas, args.lr_scaling)
-    settings = profile.with_cfcm(lr=lr).cfcm
-    name = f"{profile.name}-{args.run_name or args.strategy}"
-    folder = common.run_folder("cfcm", name)
-    log = common.RunLog(folder, workers.is_chief)
-    log.info(f"{setup} | {type(strategy).__name__}: {replicas} replica(s) on {workers.count} worker(s) | "
-             f"batch {settings.batch_size} per replica, {settings.batch_size * replicas} global | lr {lr:g}")
+    strategy, workers = make_strategy(args.strategy)  # before any other TensorFlow work
+    trainer = Trainer(args, profile, settings, setup, strategy, workers)
+    trainer.fit()
+    return trainer.finish()
 
-    cases, data_source = load_cases(settings.max_cases)
-    batches = make_batches(cases, settings, profile.seed, settings.batch_size * local_replicas, workers,
-                           workers.count, augment=not args.no_augment, prepare_workers=args.workers)
-    lab = common.import_lab("cfcm")
-    make_steps = common.lab_attribute(lab, ("make_steps",), "make_steps(net, optimizer, xla) function")
-    with strategy.scope():
+
+class Trainer:
+    """This worker's part of a run: its data, the lab's network and steps, the chief's outputs."""
+
+    def __init__(self, args, profile, settings, setup, strategy, workers: Workers):
+        self.args, self.profile, self.setup, self.strategy, self.workers = args, profile, setup, strategy, workers
+        self.replicas = strategy.num_replicas_in_sync
+        self.local_replicas = max(1, self.replicas // workers.count)
+        self.lr = common.scaled_lr(settings.lr, self.replicas, args.lr_scaling)
+        self.settings = profile.with_cfcm(lr=self.lr).cfcm
+        self.folder = common.run_folder("cfcm", f"{profile.name}-{args.run_name or args.strategy}")
+        self.log = common.RunLog(self.folder, workers.is_chief)
+        self.log.info(f"{setup} | {args.strategy} ({type(strategy).__name__}): {self.replicas} replica(s) on "
+                      f"{workers.count} worker(s) | batch {self.settings.batch_size} per replica, "
+                      f"{self.global_batch} global | lr {self.lr:g}")
+        cases, self.data_source = load_cases(self.settings.max_cases)
+        self.batches = make_batches(cases, self.settings, profile.seed, self.settings.batch_size * self.local_replicas,
+                                    workers, workers.count, augment=not args.no_augment,
+                                    prepare_workers=args.workers)
+        self.lab = common.import_lab("cfcm")
+        self._build()
+
+    @property
+    def global_batch(self) -> int:
+        return self.settings.batch_size * self.replicas
+
+    def _build(self) -> None:
+        """The lab's network and optimiser under the strategy, the last checkpoint, the steps."""
         import keras
 
-        keras.utils.set_random_seed(profile.seed)  # the same initial weights on every worker
-        net, optimizer = build_model(lab, args.model, settings, setup, args.blocks)
-        epoch = tf.Variable(0, dtype=tf.int64)
-    state = dict(net=net, optimizer=optimizer, epoch=epoch)
-    current_settings = {"lab": "cfcm", "model": args.model, **asdict(settings),
-                        "blocks": list(args.blocks) if args.blocks else [3, 4, 6, 3], "strategy": args.strategy,
-                        "replicas": replicas, "workers": workers.count, "seed": profile.seed}
-    history = _restore(folder, state, current_settings, args.fresh, log)
-    check_workers_resume_together(strategy, epoch, workers)
-    log.history = history
-    if workers.is_chief:
-        common.write_settings(folder, current_settings)
+        make_steps = common.lab_attribute(self.lab, ("make_steps",), "make_steps(net, optimizer, xla) function")
+        with self.strategy.scope():
+            keras.utils.set_random_seed(self.profile.seed)  # the same initial weights on every worker
+            self.net, self.optimizer = build_model(self.lab, self.args.model, self.settings, self.setup,
+                                                   self.args.blocks)
+            self.epoch = tf.Variable(0, dtype=tf.int64)
+        self.state = dict(net=self.net, optimizer=self.optimizer, epoch=self.epoch)
+        self.record = {"lab": "cfcm", "model": self.args.model, **asdict(self.settings),
+                       "blocks": list(self.args.blocks or (3, 4, 6, 3)), "strategy": self.args.strategy,
+                       "replicas": self.replicas, "workers": self.workers.count, "seed": self.profile.seed}
+        self.log.history = _restore(self.folder, self.state, self.record, self.args.fresh, self.log)
+        check_workers_resume_together(self.strategy, self.epoch, self.workers)
+        if self.workers.is_chief:
+            common.write_settings(self.folder, self.record)
+        self.xla = self.setup.xla and self.replicas == 1  # collectives inside XLA: not on every platform
+        train_step, self.validation_step = make_steps(self.net, ReplicaMeanOptimizer(self.optimizer, self.replicas),
+                                                      xla=self.xla)
+        self.distributed_step = make_distributed_step(self.strategy, train_step)
+        self.started = time.perf_counter()
 
-    xla = setup.xla and replicas == 1  # collectives inside an XLA-compiled step: not on every platform
-    train_step, validation_step = make_steps(net, ReplicaMeanOptimizer(optimizer, replicas), xla=xla)
-    distributed_step = make_distributed_step(strategy, train_step)
-    first_replica = workers.index * local_replicas
-    for current in range(int(epoch.numpy()), settings.max_epochs):
-        train_loss, train_dice = _train_epoch(strategy, distributed_step, batches["train"], current,
-                                              settings.batch_size, first_replica, args.steps_per_epoch)
-        average_statistics(strategy, net)
-        validation = batches["evaluation"].get("validation")
-        validation_loss, validation_dice = (evaluate(validation_step, validation, args.eval_batches)[1:]
-                                            if validation is not None else (float("nan"), float("nan")))
-        epoch.assign(current + 1)
-        save_state(folder, workers, current + 1, state)
-        log.epoch(current, settings.max_epochs, train_loss=train_loss, validation_loss=validation_loss,
-                  train_dice=train_dice, validation_dice=validation_dice)
+    def fit(self) -> None:
+        """The remaining epochs: distributed steps, averaged statistics, validation, checkpoint."""
+        args, max_epochs = self.args, self.settings.max_epochs
+        first_replica = self.workers.index * self.local_replicas
+        for current in range(int(self.epoch.numpy()), max_epochs):
+            train_loss, train_dice = _train_epoch(self.strategy, self.distributed_step, self.batches["train"],
+                                                  current, self.settings.batch_size, first_replica,
+                                                  args.steps_per_epoch)
+            average_statistics(self.strategy, self.net)
+            validation = self.batches["evaluation"].get("validation")
+            validation_loss, validation_dice = (
+                evaluate(self.validation_step, validation, args.eval_batches)[1:]
+                if validation is not None else (float("nan"), float("nan")))
+            self.epoch.assign(current + 1)
+            save_state(self.folder, self.workers, current + 1, self.state)
+            self.log.epoch(current, max_epochs, train_loss=train_loss, validation_loss=validation_loss,
+                           train_dice=train_dice, validation_dice=validation_dice)
 
-    spread = replica_weight_spread(strategy, net)
-    scores = {split: evaluate(validation_step, iterator, args.eval_batches)[0]
-              for split, iterator in batches["evaluation"].items()} if workers.is_chief else {}
-    record = common.metrics_record(
-        "cfcm", profile, f"{setup.device} x{replicas} ({type(strategy).__name__})", data_source,
-        int(epoch.numpy()), log.elapsed(), scores, model=args.model, strategy=args.strategy,
-        replicas=replicas, workers=workers.count, per_replica_batch_size=settings.batch_size,
-        global_batch_size=settings.batch_size * replicas, lr=lr, lr_scaling=args.lr_scaling,
-        replica_weight_spread=spread, history=log.history, settings=current_settings,
-        mixed_precision=setup.mixed_precision, xla=xla)
-    if workers.is_chief:
-        path = runs.write_metrics(folder, record)
-        log.info(f"wrote {path} | train Dice {_shown(record['train_dice'])} | validation Dice "
-                 f"{_shown(record['validation_dice'])} | test Dice {_shown(record['test_dice'])}")
-    return record
+    def finish(self) -> dict:
+        """Per-case Dice of the final network on every split; the chief writes ``metrics.json``."""
+        from labkit import runs
+
+        spread = replica_weight_spread(self.strategy, self.net)
+        scores = ({split: evaluate(self.validation_step, batches, self.args.eval_batches)[0]
+                   for split, batches in self.batches["evaluation"].items()} if self.workers.is_chief else {})
+        record = common.metrics_record(
+            "cfcm", self.profile, f"{self.setup.device} x{self.replicas} ({type(self.strategy).__name__})",
+            self.data_source, int(self.epoch.numpy()), time.perf_counter() - self.started,
+            scores, model=self.args.model, strategy=self.args.strategy, replicas=self.replicas,
+            workers=self.workers.count, per_replica_batch_size=self.settings.batch_size,
+            global_batch_size=self.global_batch, lr=self.lr, lr_scaling=self.args.lr_scaling,
+            replica_weight_spread=spread, history=self.log.history, settings=self.record,
+            mixed_precision=self.setup.mixed_precision, xla=self.xla)
+        if self.workers.is_chief:
+            path = runs.write_metrics(self.folder, record)
+            self.log.info(f"wrote {path} | train Dice {_shown(record['train_dice'])} | validation Dice "
+                          f"{_shown(record['validation_dice'])} | test Dice {_shown(record['test_dice'])}")
+        return record
 
 
 def _shown(value) -> str:
@@ -508,6 +539,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ReplicaMeanOptimizer", "STRATEGIES", "Workers", "build_parser", "distribute_batch",
+__all__ = ["ReplicaMeanOptimizer", "STRATEGIES", "Trainer", "Workers", "build_parser", "distribute_batch",
            "make_distributed_step", "make_strategy", "main", "read_tf_config", "replica_weight_spread",
            "run", "split_cpu", "workers_from_tf_config"]

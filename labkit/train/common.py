@@ -96,7 +96,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--profile", choices=PROFILE_NAMES, default=None,
                         help="settings profile (default: LABKIT_PROFILE, else gpu when a GPU is seen, else cpu)")
     parser.add_argument("--run-name", default=None,
-                        help="run folder <runs>/<lab>-<name>; the same name resumes the run")
+                        help="run folder <runs>/<lab>-<profile>-<name>; the same name resumes the run")
     parser.add_argument("--max-epochs", type=_positive, default=None, help="epochs in all")
     parser.add_argument("--batch-size", type=_positive, default=None,
                         help="cases per device (per process or per replica) and step")

@@ -276,8 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict | None:
     """Train as ``args`` say on this process; returns the metrics record on rank 0 (else None)."""
-    from labkit import runs, torch_utils
-
     common.apply_environment(args)
     profile, settings = common.settings_from_arguments(args, "vnet")
     if args.normalization is not None:
@@ -286,81 +284,122 @@ def run(args: argparse.Namespace) -> dict | None:
     rank = common.rank_from_environment()
     device = start_processes(rank, args.device)
     try:
-        return _train(args, profile, settings, rank, device, runs, torch_utils)
+        trainer = Trainer(args, profile, settings, rank, device)
+        trainer.fit()
+        return trainer.finish()
     finally:
         stop_processes()
 
 
-def _train(args, profile, settings, rank: Rank, device, runs, torch_utils) -> dict | None:
-    torch_utils.seed_everything(profile.seed)  # the same seed, so the same first weights, everywhere
-    use_amp = settings.amp and device.type == "cuda"
-    channels_last = device.type == "cuda"
-    lr = common.scaled_lr(settings.lr, rank.world_size, args.lr_scaling)
-    folder = common.run_folder("vnet", f"{profile.name}-{args.run_name or 'ddp'}")
-    log = common.RunLog(folder, rank.is_main)
-    log.info(f"{rank.world_size} process(es), {'NCCL' if device.type == 'cuda' and distributed() else 'Gloo' if distributed() else 'no process group'} "
-             f"on {device} | batch {settings.batch_size} per process x {rank.world_size} x accumulate "
-             f"{settings.accumulate} = {settings.batch_size * rank.world_size * settings.accumulate} per step | lr {lr:g}")
+class Trainer:
+    """One process's share of a run: its data, the lab's network and loops, the rank-0 outputs."""
 
-    batches, data_source = make_batches_main_first(settings, profile.seed, rank, args.workers, device,
-                                                   augment=not args.no_augment)
-    lab = common.import_lab("vnet")
-    net_class = common.lab_attribute(lab, ("VNet",), "VNet class")
-    loss_fn = common.lab_attribute(lab, ("dice_loss",), "dice_loss function")
-    train_one_epoch = common.lab_attribute(lab, ("train_one_epoch",), "train_one_epoch function")
-    evaluate = common.lab_attribute(lab, ("evaluate",), "evaluate function")
+    def __init__(self, args, profile, settings, rank: Rank, device: torch.device):
+        from labkit import torch_utils
 
-    net = net_class(in_channels=2, out_channels=1, n_filters=settings.n_filters,
-                    normalization=settings.normalization).to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    settings_record = {"lab": "vnet", **asdict(settings)}
-    resumed = restore(folder, net, optimizer, scaler, settings_record, device, args.fresh)
-    if resumed["restored"] is not None:
-        log.info(f"resuming {folder.name} after epoch {resumed['start_epoch'] - 1}")
-    log.history = {key: list(values) for key, values in resumed["history"].items()}
-    if rank.is_main:
-        common.write_settings(folder, {**settings_record, "processes": rank.world_size, "lr": lr,
-                                       "lr_scaling": args.lr_scaling, "seed": profile.seed})
-    model = _wrap(net, settings, device)
+        torch_utils.seed_everything(profile.seed)  # the same seed, so the same first weights, everywhere
+        self.args, self.profile, self.settings, self.rank, self.device = args, profile, settings, rank, device
+        self.amp, self.channels_last = settings.amp and device.type == "cuda", device.type == "cuda"
+        self.lr = common.scaled_lr(settings.lr, rank.world_size, args.lr_scaling)
+        self.folder = common.run_folder("vnet", f"{profile.name}-{args.run_name or 'ddp'}")
+        self.log = common.RunLog(self.folder, rank.is_main)
+        self.log.info(self._describe())
+        self.batches, self.data_source = make_batches_main_first(
+            settings, profile.seed, rank, args.workers, device, augment=not args.no_augment)
+        self.lab = common.import_lab("vnet")
+        self.loss_fn = common.lab_attribute(self.lab, ("dice_loss",), "dice_loss function")
+        self._build()
 
-    started = time.perf_counter()
-    for epoch in range(resumed["start_epoch"], settings.max_epochs):
-        batches["train"].set_epoch(epoch)  # the same order on every process; each takes its share
-        train = train_one_epoch(model, FirstBatches(batches["train"], args.steps_per_epoch), optimizer,
-                                loss_fn, device, accumulate=settings.accumulate, scaler=scaler,
-                                amp=use_amp, channels_last=channels_last)
-        validation = _validate(evaluate, net, batches, loss_fn, device, use_amp, channels_last, args.eval_batches)
-        train, validation = mean_over_ranks(train, device), mean_over_ranks(validation, device)
-        best = validation["dice"] >= max(log.history.get("validation_dice", []) + [float("-inf")])
-        log.epoch(epoch, settings.max_epochs, recorded=epoch, train_loss=train["loss"],
-                  validation_loss=validation["loss"], train_dice=train["dice"], validation_dice=validation["dice"])
-        if rank.is_main:
-            save(folder, epoch, net, optimizer, scaler, log.history, settings,
-                 resumed["wall_time_s"] + time.perf_counter() - started, best)
+    def _describe(self) -> str:
+        settings, processes = self.settings, self.rank.world_size
+        backend = ("NCCL" if self.device.type == "cuda" else "Gloo") if distributed() else "no process group"
+        return (f"{processes} process(es), {backend} on {self.device} | batch {settings.batch_size} per "
+                f"process x {processes} x accumulate {settings.accumulate} = "
+                f"{self.global_batch} per step | lr {self.lr:g}")
 
-    spread = rank_weight_spread(net, device)
-    barrier(device)  # best.pt is written
-    best_epoch = _load_best(folder, net, device, torch_utils)
-    scores = {split: gather_scores(case_scores(lab, net, FirstBatches(iterator, args.eval_batches), device,
-                                               use_amp, channels_last))
-              for split, iterator in batches["evaluation"].items()}
-    if not rank.is_main:
-        return None
-    record = common.metrics_record(
-        "vnet", profile, f"{device.type} x{rank.world_size} (DistributedDataParallel)" if distributed()
-        else str(device), data_source, len(log.history.get("epoch", [])),
-        resumed["wall_time_s"] + time.perf_counter() - started, scores, best_epoch=best_epoch,
-        processes=rank.world_size, per_process_batch_size=settings.batch_size,
-        global_batch_size=settings.batch_size * rank.world_size * settings.accumulate, lr=lr,
-        lr_scaling=args.lr_scaling, rank_weight_spread=spread, history=log.history,
-        settings=asdict(settings), seed=profile.seed, mixed_precision=use_amp)
-    path = runs.write_metrics(folder, record)
-    log.info(f"wrote {path} | best epoch {best_epoch} | train Dice {_shown(record['train_dice'])} | "
-             f"validation Dice {_shown(record['validation_dice'])} | test Dice {_shown(record['test_dice'])}")
-    return record
+    @property
+    def global_batch(self) -> int:
+        return self.settings.batch_size * self.rank.world_size * self.settings.accumulate
+
+    def _build(self) -> None:
+        """The lab's network, Adam, the gradient scaler; the last checkpoint restored; DDP."""
+        net_class = common.lab_attribute(self.lab, ("VNet",), "VNet class")
+        self.net = net_class(in_channels=2, out_channels=1, n_filters=self.settings.n_filters,
+                             normalization=self.settings.normalization).to(self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        record = {"lab": "vnet", **asdict(self.settings)}
+        self.resumed = restore(self.folder, self.net, self.optimizer, self.scaler, record, self.device,
+                               self.args.fresh)
+        if self.resumed["restored"] is not None:
+            self.log.info(f"resuming {self.folder.name} after epoch {self.resumed['start_epoch'] - 1}")
+        self.log.history = {key: list(values) for key, values in self.resumed["history"].items()}
+        if self.rank.is_main:
+            common.write_settings(self.folder, {**record, "processes": self.rank.world_size, "lr": self.lr,
+                                                "lr_scaling": self.args.lr_scaling, "seed": self.profile.seed})
+        self.model = _wrap(self.net, self.settings, self.device)
+        self.started = time.perf_counter()
+
+    def wall_time(self) -> float:
+        """Training seconds, those of earlier sessions of this run included."""
+        return self.resumed["wall_time_s"] + time.perf_counter() - self.started
+
+    def fit(self) -> None:
+        """The remaining epochs: the notebook's ``train_one_epoch`` and ``evaluate`` on this share."""
+        train_one_epoch = common.lab_attribute(self.lab, ("train_one_epoch",), "train_one_epoch function")
+        evaluate = common.lab_attribute(self.lab, ("evaluate",), "evaluate function")
+        settings, args = self.settings, self.args
+        for epoch in range(self.resumed["start_epoch"], settings.max_epochs):
+            self.batches["train"].set_epoch(epoch)  # the same order everywhere; each takes its share
+            train = train_one_epoch(self.model, FirstBatches(self.batches["train"], args.steps_per_epoch),
+                                    self.optimizer, self.loss_fn, self.device, accumulate=settings.accumulate,
+                                    scaler=self.scaler, amp=self.amp, channels_last=self.channels_last)
+            validation = self._validate(evaluate)
+            train, validation = mean_over_ranks(train, self.device), mean_over_ranks(validation, self.device)
+            best = validation["dice"] >= max(self.log.history.get("validation_dice", []) + [float("-inf")])
+            self.log.epoch(epoch, settings.max_epochs, recorded=epoch, train_loss=train["loss"],
+                           validation_loss=validation["loss"], train_dice=train["dice"],
+                           validation_dice=validation["dice"])
+            if self.rank.is_main:
+                save(self.folder, epoch, self.net, self.optimizer, self.scaler, self.log.history, settings,
+                     self.wall_time(), best)
+
+    def _validate(self, evaluate) -> dict:
+        """The notebook's ``evaluate`` on this process's share of the validation cases."""
+        validation = self.batches["evaluation"].get("validation")
+        if validation is None:
+            return {"loss": float("nan"), "dice": float("nan")}
+        # the plain network, not the DDP wrapper: no collective calls, so shares may differ in length
+        return evaluate(self.net, FirstBatches(validation, self.args.eval_batches), self.loss_fn, self.device,
+                        amp=self.amp, channels_last=self.channels_last)
+
+    def finish(self) -> dict | None:
+        """Per-case Dice of the best epoch's network on every split; rank 0 writes ``metrics.json``."""
+        from labkit import runs, torch_utils
+
+        spread = rank_weight_spread(self.net, self.device)
+        barrier(self.device)  # best.pt is written
+        best_epoch = _load_best(self.folder, self.net, self.device, torch_utils)
+        scores = {split: gather_scores(case_scores(self.lab, self.net, FirstBatches(batches, self.args.eval_batches),
+                                                   self.device, self.amp, self.channels_last))
+                  for split, batches in self.batches["evaluation"].items()}
+        if not self.rank.is_main:
+            return None
+        device = (f"{self.device.type} x{self.rank.world_size} (DistributedDataParallel)" if distributed()
+                  else str(self.device))
+        record = common.metrics_record(
+            "vnet", self.profile, device, self.data_source, len(self.log.history.get("epoch", [])),
+            self.wall_time(), scores, best_epoch=best_epoch, processes=self.rank.world_size,
+            per_process_batch_size=self.settings.batch_size, global_batch_size=self.global_batch,
+            lr=self.lr, lr_scaling=self.args.lr_scaling, rank_weight_spread=spread,
+            history=self.log.history, settings=asdict(self.settings), seed=self.profile.seed,
+            mixed_precision=self.amp)
+        path = runs.write_metrics(self.folder, record)
+        self.log.info(f"wrote {path} | best epoch {best_epoch} | train Dice {_shown(record['train_dice'])} | "
+                      f"validation Dice {_shown(record['validation_dice'])} | test Dice {_shown(record['test_dice'])}")
+        return record
 
 
 def _wrap(net, settings, device):
@@ -372,15 +411,6 @@ def _wrap(net, settings, device):
     if settings.normalization == "batchnorm" and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # statistics over the global batch
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _validate(evaluate, net, batches, loss_fn, device, amp, channels_last, limit) -> dict:
-    """The notebook's ``evaluate`` on this process's share of the validation cases."""
-    validation = batches["evaluation"].get("validation")
-    if validation is None:
-        return {"loss": float("nan"), "dice": float("nan")}
-    # the plain network, not the DDP wrapper: no collective calls, so shares may differ in length
-    return evaluate(net, FirstBatches(validation, limit), loss_fn, device, amp=amp, channels_last=channels_last)
 
 
 def _load_best(folder: Path, net, device, torch_utils) -> int | None:
@@ -411,5 +441,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["FirstBatches", "build_parser", "case_scores", "gather_scores", "main", "make_batches",
+__all__ = ["FirstBatches", "Trainer", "build_parser", "case_scores", "gather_scores", "main", "make_batches",
            "mean_over_ranks", "rank_weight_spread", "restore", "run", "save", "start_processes"]

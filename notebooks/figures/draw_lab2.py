@@ -148,7 +148,7 @@ def draw_skip_fusion() -> Path:
     figure, (left, right) = plt.subplots(1, 2, figsize=(9.0, 2.8))
     for axes in (left, right):
         axes.set_xlim(0, 6.2)
-        axes.set_ylim(-0.8, 2.4)
+        axes.set_ylim(-0.5, 2.2)
         axes.axis("off")
     encoder, decoder, mixed = "#9fc5e8", "#f9cb9c", "#b6d7a8"
     left.set_title("Concatenation: channels pile up (C + C = 2C)", fontsize=10)
@@ -158,7 +158,7 @@ def draw_skip_fusion() -> Path:
     _arrow(left, (2.8, 1.2), (3.4, 1.2))
     _stack(left, 3.5, 0.4, 3, encoder, "")
     _stack(left, 4.35, 0.4, 3, decoder, "")
-    _label(left, 4.3, 0.1, "concat (2C), then a conv mixes them", size=9)
+    _label(left, 4.35, -0.05, "concat (2C),\nthen a conv mixes them", size=9)
     right.set_title("Summation: element by element, channels stay C", fontsize=10)
     _stack(right, 0.2, 0.4, 3, encoder, "encoder (C)")
     _label(right, 1.45, 1.2, "+", size=14)
@@ -214,7 +214,7 @@ def draw_cfcm_overview() -> Path:
 def draw_basic_block() -> Path:
     figure, axes = plt.subplots(figsize=(8.5, 2.2))
     axes.set_xlim(-0.3, 10.8)
-    axes.set_ylim(-0.6, 1.9)
+    axes.set_ylim(0.1, 1.9)
     axes.axis("off")
     steps = ["BN\nReLU", "conv 3×3", "BN\nReLU", "conv 3×3"]
     _label(axes, 0.1, 0.6, "x", size=13)
@@ -226,12 +226,13 @@ def draw_basic_block() -> Path:
         if k < len(steps) - 1:
             _arrow(axes, (x + 0.57, 0.6), (x + 1.43, 0.6))
     _node(axes, 9.3, 0.6, "+")
-    _arrow(axes, (7.07, 0.6), (9.08, 0.6))
+    _arrow(axes, (8.07, 0.6), (9.08, 0.6))
     _arrow(axes, (9.52, 0.6), (10.3, 0.6))
     _label(axes, 10.55, 0.6, "out", size=10)
-    _arrow(axes, (2.05, 1.0), (9.3, 0.82), bend=-0.25)
-    _label(axes, 5.6, 1.75, "shortcut: identity, or a 1×1 conv after the first BN-ReLU (first block of a stage)",
-           size=8)
+    axes.plot([0.6, 0.6, 9.3], [0.6, 1.45, 1.45], color=ACTIVE["line"], linewidth=1.5)
+    _arrow(axes, (9.3, 1.45), (9.3, 0.84))
+    _label(axes, 5.0, 1.7, "shortcut: the identity, or in the first block of a stage a 1×1 conv "
+           "of the BN-ReLU output", size=8)
     return _save(figure, "lab2_basic_block.png")
 
 

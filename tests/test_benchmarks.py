@@ -1,0 +1,156 @@
+"""The benchmark harness (``benchmarks/``): runs end to end on tiny sizes and writes its reports.
+
+No timing is asserted here: speed targets live in ``benchmarks/results``, not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import report  # noqa: E402
+import run_all  # noqa: E402
+import seed_reference  # noqa: E402
+
+from labkit.data.transforms import crop_or_pad, crop_or_pad_start  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_quick_run_writes_json_markdown_and_png(tiny_prostate_root, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("nilearn")
+    pytest.importorskip("monai")
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--only", "data,vnet",
+         "--only", "gpu,notebooks", "--data-root", str(tiny_prostate_root), "--out", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((out / "latest.json").read_text())
+    assert results["quick"] is True
+    assert results["machine"]["cores"] >= 1 and "torch" in results["machine"]["libraries"]
+    sections = results["sections"]
+    assert list(sections) == ["data", "vnet", "gpu", "notebooks"]
+    data = sections["data"]
+    assert data["status"] == "measured"
+    setting = data["settings"][0]
+    assert set(setting["timings"]) >= {"seed", "labkit_cold", "labkit_cold_1_worker", "labkit_cached"}
+    for timing in setting["timings"].values():
+        assert 0 < timing["min_s"] <= timing["median_s"]
+    # the two pipelines put the gland in the same place, also for an oblique copy of a case
+    assert setting["geometry"]["label_dice_min"] >= 0.99
+    assert any("oblique" in row["orientation"] for row in setting["geometry"]["cases"])
+    assert 0 < data["epoch_overhead"]["overhead_fraction"] < 1
+    vnet = sections["vnet"]
+    assert vnet["status"] == "measured"
+    assert {"seed", "seed_nn_groupnorm", "monai"} <= set(vnet["networks"])
+    # swapping only the normalisation layer keeps the parameter count
+    assert vnet["networks"]["seed"]["parameters"] == vnet["networks"]["seed_nn_groupnorm"]["parameters"]
+    assert sections["notebooks"]["status"] == "not measured"
+    assert sections["gpu"]["status"] in ("measured", "not measured")
+
+    text = (out / "latest.md").read_text()
+    for heading in ("## Targets", "## 1. Data preparation", "## 2. Lab 1 network", "## 5. Learning"):
+        assert heading in text
+    assert "not measured: this section was not run" in text  # cfcm and learning were left out
+    assert (out / "learning_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_only_keeps_earlier_sections_of_the_same_machine(tmp_path):
+    machine = {"cpu": "test cpu", "cores": 2, "gpus": []}
+    (tmp_path / "latest.json").write_text(json.dumps(
+        {"machine": machine, "quick": False, "sections": {"vnet": {"status": "measured"}}}))
+    assert run_all._earlier_sections(tmp_path, machine, quick=False) == {"vnet": {"status": "measured"}}
+    assert run_all._earlier_sections(tmp_path, machine, quick=True) == {}
+    assert run_all._earlier_sections(tmp_path, dict(machine, cores=16), quick=False) == {}
+
+
+def test_unknown_section_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        run_all.parse_arguments(["--only", "data,speed"])
+    assert "unknown section(s) speed" in capsys.readouterr().err
+
+
+def test_section_config_passes_options_through(tmp_path):
+    args = run_all.parse_arguments(["--repeats", "4", "--notebooks", "smoke,cpu",
+                                    "--learning-budget", "30", "--data-root", str(tmp_path)])
+    assert run_all.section_config("notebooks", args)["profiles"] == ["smoke", "cpu"]
+    assert run_all.section_config("learning", args)["budget_s"] == 30
+    assert run_all.section_config("data", args)["repeats"] == 4
+    assert run_all.section_config("data", args)["data_root"] == str(tmp_path.resolve())
+    defaults = run_all.parse_arguments([])
+    assert run_all.section_config("vnet", defaults)["repeats"] == run_all.DEFAULT_REPEATS["vnet"]
+
+
+def _results(sections: dict) -> dict:
+    return {"machine": {"cpu": "test cpu", "cores": 2, "gpus": [], "python": "3.11",
+                        "libraries": {"numpy": "2"}},
+            "quick": False, "sections": sections, "finished_at": "2026-01-01T00:00:00Z"}
+
+
+def test_markdown_says_why_a_section_has_no_numbers(tmp_path):
+    text = report.markdown(_results({
+        "data": {"status": "failed", "error": "DataError: no data found"},
+        "gpu": {"status": "not measured", "reason": "no CUDA GPU visible"},
+        "learning": {"status": "measured", "parts": {
+            "vnet": {"status": "measured", "profile": "cpu", "train_cases": 3, "validation_cases": 1,
+                     "curve": [{"epoch": 1, "time_s": 30.0, "train_dice": 0.5, "validation_dice": 0.6},
+                               {"epoch": 2, "time_s": 61.0, "train_dice": 0.7, "validation_dice": 0.8}],
+                     "targets": [{"name": "Lab 1", "target": ">= 0.85", "measured": 0.8,
+                                  "unit": "Dice", "met": False}]},
+            "cfcm": {"status": "failed", "error": "boom"}}},
+    }))
+    assert "_failed: DataError: no data found_" in text
+    assert "_not measured: no CUDA GPU visible_" in text
+    assert "| Lab 1 | >= 0.85 | 0.8 | **no** |" in text
+    assert "0.800 (epoch 2, 61 s)" in text
+    path = report.plot_learning_curves(_results({"learning": {"parts": {}}}), tmp_path / "curves.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("shape, size", [((67, 67, 14), (64, 64, 32)), ((200, 201, 38), (256, 256, 96)),
+                                         ((9, 10, 11), (4, 6, 8)), ((8, 8, 8), (8, 8, 8))])
+def test_seed_crop_and_labkit_crop_pick_the_same_voxels_for_even_sizes(shape, size):
+    volume = np.arange(np.prod(shape), dtype=np.float32).reshape((1, *shape)) + 1
+    seed_crop, first_voxel = seed_reference.seed_crop(volume, size)
+    assert tuple(first_voxel) == crop_or_pad_start(shape, size)
+    np.testing.assert_array_equal(seed_crop, crop_or_pad(volume, size))
+
+
+def test_odd_crop_of_an_even_axis_differs_by_one_voxel_at_most():
+    # the seed centres on floor(shape / 2) - floor(size / 2); labkit on floor((shape - size) / 2)
+    _, first_voxel = seed_reference.seed_crop(np.zeros((1, 10, 9, 12)), (5, 5, 6))
+    assert tuple(first_voxel) == (3, 2, 3)
+    assert crop_or_pad_start((10, 9, 12), (5, 5, 6)) == (2, 2, 3)
+
+
+def test_seed_label_is_one_class_and_image_channels_first_in_0_1():
+    nib = pytest.importorskip("nibabel")
+    ramp = np.arange(48.0).reshape(4, 4, 3)
+    image = nib.Nifti1Image(np.stack([ramp * 3 + 5, -ramp], -1), np.eye(4))
+    label = nib.Nifti1Image(np.array([0, 1, 2, 0] * 12, dtype=np.float32).reshape(4, 4, 3), np.eye(4))
+    array = seed_reference.seed_image_array(image)
+    assert array.shape == (2, 4, 4, 3)
+    assert array.min(axis=(1, 2, 3)).tolist() == [0.0, 0.0]
+    assert array.max(axis=(1, 2, 3)).tolist() == [1.0, 1.0]
+    assert np.unique(seed_reference.seed_label_array(label)).tolist() == [0.0, 1.0]
+
+
+def test_render_rewrites_markdown_and_png_from_json(tmp_path):
+    (tmp_path / "latest.json").write_text(json.dumps(_results({"gpu": {"status": "not measured",
+                                                                       "reason": "no GPU"}})))
+    assert run_all.main(["--render", "--out", str(tmp_path)]) == 0
+    assert "_not measured: no GPU_" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "learning_curves.png").read_bytes().startswith(PNG_MAGIC)
