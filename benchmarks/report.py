@@ -86,7 +86,8 @@ def data_section(section: dict | None) -> list[str]:
              "('continuous' image, nearest label) in one process with the seed's iterator; "
              "`labkit_cold`: `BatchIterator(before=prostate.preprocessing(...), cache=False)` "
              "(default worker processes); `labkit_cold_1_worker`: the same in one process; "
-             "`labkit_cached`: reading the disk cache. Peak RSS counts worker processes too.", ""]
+             "`labkit_cached`: reading the disk cache. Peak RSS: growth of the measuring process "
+             "(worker processes are listed in latest.json, their shared pages counted in each).", ""]
     for setting in section["settings"]:
         lines += [f"**{setting['name']}**: {setting['spacing_mm']} mm, {setting['size']} voxels, "
                   f"{setting['cases']} cases, {setting['repeats']} repeats interleaved.", ""]
@@ -109,8 +110,7 @@ def data_section(section: dict | None) -> list[str]:
                   f"{_number(geometry['label_dice_min'], 4)}, mean {_number(geometry['label_dice_mean'], 4)}; "
                   f"image (seed cubic vs labkit linear, before normalisation) mean relative difference "
                   f"{_number(geometry['image_relative_difference_mean'])}, correlation min "
-                  f"{_number(geometry['image_correlation_min'], 4)}; labkit linear vs nilearn 'linear' "
-                  f"max relative difference {_number(geometry['labkit_linear_vs_nilearn_linear_max_abs'])}.", ""]
+                  f"{_number(geometry['image_correlation_min'], 4)}. " + _linear_note(geometry), ""]
     overhead = section.get("epoch_overhead") or {}
     if overhead:
         timings = overhead["timings"]
@@ -120,6 +120,16 @@ def data_section(section: dict | None) -> list[str]:
                   f"{_seconds(timings['smoke_training_epoch']['median_s'])} s for the whole smoke "
                   f"training epoch with {overhead['net']}: {overhead['overhead_fraction']:.2%}.", ""]
     return lines
+
+
+def _linear_note(geometry: dict) -> str:
+    linear = geometry.get("labkit_linear_vs_nilearn_linear") or {}
+    if not linear.get("cases"):
+        return ""
+    where = "only on the grid's outer faces" if linear["differences_only_on_faces"] else "inside the grid too"
+    return (f"labkit linear vs nilearn 'linear' on the same grid ({len(linear['cases'])} cases): max "
+            f"difference {_number(linear['max_relative'])} of the image maximum; voxels differing by "
+            f"more than 0.1 %: at most {_number(linear['fraction_differing_max'])}, {where}.")
 
 
 def vnet_section(section: dict | None) -> list[str]:
