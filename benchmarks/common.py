@@ -49,7 +49,8 @@ def summarize(times: list[float]) -> dict:
             "times_s": [round(t, 6) for t in times]}
 
 
-def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True) -> dict:
+def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True,
+            before=None) -> dict:
     """Time several callables side by side, interleaved, in this process.
 
     Args:
@@ -57,6 +58,8 @@ def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True) 
         repeats: timed calls per variant.
         warmup: untimed calls per variant before timing.
         memory: also record each variant's peak resident memory (see :class:`PeakMemory`).
+        before: optional ``before(name)`` called, untimed, ahead of each timed call (to release
+            what the previous call of that variant kept, so memory starts from a clean level).
 
     Returns:
         ``{name: {'min_s', 'median_s', 'times_s', 'peak_rss_mb'?, 'children_peak_rss_mb'?}}``.
@@ -71,6 +74,8 @@ def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True) 
     children_peaks = {name: 0.0 for name in variants}
     for _ in range(repeats):
         for name, function in variants.items():
+            if before is not None:
+                before(name)
             gc.collect()
             with PeakMemory(enabled=memory) as peak:
                 start = time.perf_counter()

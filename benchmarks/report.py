@@ -21,6 +21,11 @@ def _number(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _times(value) -> str:
+    """A speed-up such as ``2.5x`` (a dash when missing)."""
+    return "–" if value is None else f"{_number(value)}x"
+
+
 def _seconds(value) -> str:
     return "–" if value is None else f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
@@ -59,7 +64,7 @@ def targets_table(sections: dict) -> list[str]:
             for target in part.get("targets", []):
                 measured = target.get("measured")
                 unit = target.get("unit", "")
-                shown = _number(measured) + ("x" if unit == "x" and measured is not None else "")
+                shown = _times(measured) if unit == "x" else _number(measured)
                 if unit == "fraction" and measured is not None:
                     shown = f"{measured:.2%}"
                 rows.append([target["name"], target["target"], shown, _met(target.get("met"))])
@@ -95,7 +100,7 @@ def data_section(section: dict | None) -> list[str]:
         for name, timing in setting["timings"].items():
             rows.append([name, _seconds(timing["min_s"]), _seconds(timing["median_s"]),
                          _seconds(setting["per_case_median_s"][name]),
-                         _number(setting["speedup_vs_seed"].get(name, 1.0 if name == "seed" else None)) + "x",
+                         _times(setting["speedup_vs_seed"].get(name, 1.0 if name == "seed" else None)),
                          _number(timing.get("peak_rss_mb"))])
         lines += _table(["Variant", "min s", "median s", "s / case", "vs seed", "peak RSS MB"], rows)
         epoch = setting["epoch_pass"]
@@ -146,7 +151,7 @@ def vnet_section(section: dict | None) -> list[str]:
     for name, row in section["networks"].items():
         rows.append([name, _number(row["parameters"]), _seconds(row["min_s"]), _seconds(row["median_s"]),
                      _number(row["samples_per_s"]),
-                     _number(section["speedup_vs_seed"].get(name, 1.0)) + "x",
+                     _times(section["speedup_vs_seed"].get(name, 1.0)),
                      _number(row.get("peak_rss_mb"))])
     return lines + _table(["Network", "parameters", "min s/step", "median s/step", "samples/s",
                            "vs seed", "peak RSS MB"], rows)
@@ -165,7 +170,7 @@ def cfcm_section(section: dict | None) -> list[str]:
         rows.append([case["name"], f"{case['batch']}x{case['height']}x{case['width']}x{case['channels']}",
                      case["steps"], _seconds(timings["hand_written_cell"]["median_s"]),
                      _seconds(timings["keras_convlstm2d"]["median_s"]),
-                     _number(case["speedup_vs_keras"]) + "x",
+                     _times(case["speedup_vs_keras"]),
                      f"{case['state_relative_error']:.1e} / {case['input_gradient_relative_error']:.1e}"])
     lines += _table(["Sizes", "B x H x W x C", "steps", "hand-written s", "Keras s", "speed-up",
                      "rel. error state / grad"], rows)
@@ -186,7 +191,7 @@ def gpu_section(section: dict | None) -> list[str]:
     lines = [f"{section['device']}, input {section['size']}, batch {section['batch_size']}, "
              f"{section['n_filters']} filters, mixed precision in {section['amp_dtype']}.", ""]
     rows = [[name, _seconds(row["min_s"]), _seconds(row["median_s"]), _number(row["samples_per_s"]),
-             _number(row["peak_gpu_memory_mb"]), _number(section["speedup_vs_seed"].get(name)) + "x"]
+             _number(row["peak_gpu_memory_mb"]), _times(section["speedup_vs_seed"].get(name))]
             for name, row in section["networks"].items()]
     return lines + _table(["Variant", "min s/step", "median s/step", "samples/s", "peak GPU MB",
                            "vs seed"], rows)
@@ -215,15 +220,19 @@ def learning_section(section: dict | None) -> list[str]:
     rows = []
     for lab, part in section.get("parts", {}).items():
         if part.get("status") != "measured":
-            rows.append([lab, part.get("status"), "–", "–", "–", part.get("error", part.get("reason", ""))])
+            rows.append([lab, part.get("status"), "–", "–", "–", "–", part.get("error", part.get("reason", ""))])
             continue
         curve = part["curve"]
         best = max(curve, key=lambda point: point["validation_dice"]) if curve else None
         rows.append([lab, part["profile"], len(curve), _seconds(curve[-1]["time_s"]) if curve else "–",
+                     _seconds(curve[-1].get("cpu_s")) if curve else "–",
                      f"{best['validation_dice']:.3f} (epoch {best['epoch']}, {best['time_s']:.0f} s)" if best else "–",
                      f"{part['train_cases']} train / {part['validation_cases']} validation cases"])
-    return ["![validation Dice against wall-clock time](learning_curves.png)", ""] + _table(
-        ["Lab", "profile", "epochs", "training s", "best validation Dice", "data"], rows)
+    return ["![validation Dice against wall-clock time](learning_curves.png)", "",
+            "Training time is wall-clock from the first step (cases prepared beforehand); CPU s is "
+            "this process's processor time over all its threads: on a busy shared machine the gap "
+            "between the two is time taken by other users.", ""] + _table(
+        ["Lab", "profile", "epochs", "training s", "CPU s", "best validation Dice", "data"], rows)
 
 
 SECTIONS = [("data", "1. Data preparation (Lab 1 prostate set)", data_section),

@@ -11,14 +11,28 @@ LUNG_DIR = "MontgomerySet"
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
 
 
+def project_root() -> Path:
+    """The course checkout holding this labkit (its ``pyproject.toml``), else the current folder.
+
+    Notebooks run with ``notebooks/`` as their working folder, so ``./data`` there would miss the
+    course's ``data/``; defaults are taken from the checkout instead.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir():
+        return checkout
+    return Path.cwd()
+
+
 def data_root() -> Path:
-    """The data root: ``$LABKIT_DATA`` or ``./data``."""
-    return Path(os.environ.get("LABKIT_DATA") or "data").expanduser().resolve()
+    """The data root: ``$LABKIT_DATA``, else ``data/`` in the course checkout."""
+    env = os.environ.get("LABKIT_DATA")
+    return Path(env).expanduser().resolve() if env else project_root() / "data"
 
 
 def runs_root() -> Path:
-    """Where run folders (checkpoints, ``metrics.json``) go: ``$LABKIT_RUNS`` or ``./runs``."""
-    return Path(os.environ.get("LABKIT_RUNS") or "runs").expanduser().resolve()
+    """Where run folders (checkpoints, ``metrics.json``) go: ``$LABKIT_RUNS``, else ``runs/`` in the checkout."""
+    env = os.environ.get("LABKIT_RUNS")
+    return Path(env).expanduser().resolve() if env else project_root() / "runs"
 
 
 def cache_root() -> Path:

@@ -43,6 +43,7 @@ def test_dice_seed_form_with_eps_only_below_passes(capsys):
     assert _line(capsys, ex.dice_loss, seed_style)[0]
 
 
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")
 @pytest.mark.parametrize("wrong, message", [
     (lambda p, g, squared=True: _dice(p, g, squared, score=True), "you returned the Dice score"),
     (lambda p, g, squared=True: _dice(p, g, squared, swap=True), "uses the other form"),

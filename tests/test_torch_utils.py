@@ -29,6 +29,20 @@ def test_pick_device_refuses_missing_cuda(monkeypatch):
     assert torch_utils.pick_device("cpu") == torch.device("cpu")
 
 
+def test_cpu_threads_leaves_one_core(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(torch_utils.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+        assert torch_utils.cpu_threads() == 3 and torch.get_num_threads() == 3
+        monkeypatch.setattr(torch_utils.os, "sched_getaffinity", lambda _: {0}, raising=False)
+        assert torch_utils.cpu_threads() == 1
+        assert torch_utils.cpu_threads(2) == 2 and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="at least 1"):
+            torch_utils.cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_seed_everything_repeats_draws():
     import random
 
