@@ -11,7 +11,7 @@ what that one layer costs.
 
 from __future__ import annotations
 
-from common import compare, log, ratio, section_main
+from common import compare, log, ratio, section_main, speed_target
 
 TARGET = 1.5  # lab V-Net throughput / seed formulation throughput, on CPU
 
@@ -37,15 +37,13 @@ def run(config: dict) -> dict:
     for name, net in nets.items():
         rows[name] = dict(timings[name], parameters=sum(p.numel() for p in net.parameters()),
                           samples_per_s=round(batch_size / timings[name]["median_s"], 4))
-    speedup = ratio(rows["seed"], rows["lab"]) if "lab" in rows else None
     return {
         "device": "cpu", "threads": torch.get_num_threads(), "size": list(size),
         "batch_size": batch_size, "n_filters": n_filters, "repeats": repeats,
         "lab_source": lab_source, "networks": rows,
         "speedup_vs_seed": {name: ratio(rows["seed"], row) for name, row in rows.items() if name != "seed"},
-        "targets": [{"name": f"lab V-Net vs seed formulation, CPU step at {'x'.join(map(str, size))}",
-                     "target": f">= {TARGET}x", "measured": speedup, "unit": "x",
-                     "met": None if speedup is None else speedup >= TARGET}],
+        "targets": [speed_target(f"lab V-Net vs seed formulation, CPU step at {'x'.join(map(str, size))}",
+                                 rows["seed"], rows.get("lab"), TARGET)],
     }
 
 

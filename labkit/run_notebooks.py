@@ -42,9 +42,9 @@ class RunResult:
 def pin_environment(profile: str) -> None:
     """Set what the kernels inherit: the profile, headless drawing, and absolute data/run roots.
 
-    The kernel runs in the notebook's folder, so a relative or unset ``LABKIT_DATA`` /
-    ``LABKIT_RUNS`` is resolved here, from the folder the command was started in (as ``make``
-    does), not from ``notebooks/``.
+    The kernel runs in the notebook's folder, so a relative ``LABKIT_DATA`` / ``LABKIT_RUNS`` is
+    resolved here, from the folder the command was started in (as ``make`` does), not from
+    ``notebooks/``; unset, they are the course checkout's ``data/`` and ``runs/``.
     """
     os.environ["LABKIT_HEADLESS"] = "1"
     os.environ["LABKIT_PROFILE"] = profile

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 CHECKPOINT_FOLDER = "checkpoints"
+OPTIONAL_OBJECTS = ("seed",)  # saved since the seed was added; older checkpoints lack it
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,14 @@ def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
     path = latest_checkpoint(folder)
     if path is None:
         return None
-    checkpoint = tf.train.Checkpoint(**_trackables(objects))
+    required = {name: value for name, value in objects.items() if name not in OPTIONAL_OBJECTS}
+    checkpoint = tf.train.Checkpoint(**_trackables(required))
     try:
         status = checkpoint.restore(str(path))
-        status.assert_existing_objects_matched()
+        status.assert_existing_objects_matched().expect_partial()  # the optional objects come next
+        optional = {name: value for name, value in objects.items() if name in OPTIONAL_OBJECTS}
+        if optional:  # absent from checkpoints of older versions: restored when there
+            tf.train.Checkpoint(**optional).restore(str(path)).expect_partial()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise CheckpointMismatch(
             f"{path}: this checkpoint does not fit the model being trained ({_first_line(error)}). "
@@ -170,6 +175,35 @@ class CheckpointMismatch(ValueError):
     """A checkpoint exists but was written for another model or other settings."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; training stopped before saving that epoch."""
+
+
+DIVERGED_ADVICE = ("Likely causes: a learning rate too high, a bad input (NaN pixels, an empty or "
+                   "constant image), or a float16 overflow under mixed precision. The last "
+                   "checkpoint on disk is the last good epoch and was not touched: lower lr "
+                   "(e.g. by 10x), check the data (python -m labkit doctor), or turn mixed "
+                   "precision off, then run the training cell again to resume from it.")
+
+
+def check_loss(loss, step: int | None = None) -> float:
+    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` when it is NaN or infinite.
+
+    Args:
+        loss: the batch's loss (a number or a scalar tensor).
+        step: the batch number within the epoch, counted from 0, for the message.
+
+    Raises:
+        TrainingDiverged: saying what happened, the likely causes and what to do.
+    """
+    value = float(loss)
+    if not np.isfinite(value):
+        where = "" if step is None else f" at training step {step + 1} of this epoch"
+        raise TrainingDiverged(f"the training loss became {value}{where}, so training stopped. "
+                               f"{DIVERGED_ADVICE}")
+    return value
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
@@ -180,5 +214,5 @@ def count_parameters(net) -> int:
     return int(sum(np.prod(variable.shape) for variable in net.trainable_weights))
 
 
-__all__ = ["CheckpointMismatch", "TFSetup", "configure", "count_parameters", "latest_checkpoint",
-           "restore_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointMismatch", "TFSetup", "TrainingDiverged", "check_loss", "configure",
+           "count_parameters", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]

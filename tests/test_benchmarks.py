@@ -114,7 +114,7 @@ def test_markdown_says_why_a_section_has_no_numbers(tmp_path):
     }))
     assert "_failed: DataError: no data found_" in text
     assert "_not measured: no CUDA GPU visible_" in text
-    assert "| Lab 1 | >= 0.85 | 0.8 | **no** |" in text
+    assert "| Lab 1 | >= 0.85 | 0.8 |  | **no** |" in text
     assert "0.800 (epoch 2, 61 s)" in text
     path = report.plot_learning_curves(_results({"learning": {"parts": {}}}), tmp_path / "curves.png")
     assert path.read_bytes().startswith(PNG_MAGIC)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from nbformat import v4
 
-from labkit import run_notebooks
+from labkit import paths, run_notebooks
 from labkit.notebook_tools import hygiene_problems, output_text, read_notebook, write_notebook
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning")
@@ -48,13 +48,13 @@ def _all_output(path: Path) -> str:
 def test_run_writes_executed_notebook_and_html(tmp_path, monkeypatch, capsys):
     notebook = tiny_notebook(tmp_path)
     monkeypatch.chdir(tmp_path.parent)  # the kernel must still run in the notebook's folder
-    monkeypatch.delenv("LABKIT_DATA")  # default ./data: of the folder the command ran in
+    monkeypatch.delenv("LABKIT_DATA")  # unset: the course checkout's data/, wherever the kernel runs
     out = tmp_path / "build"
     assert run_notebooks.main(["--profile", "smoke", "--out", str(out), str(notebook)]) == 0
     text = _all_output(out / "tiny.ipynb")
     assert "profile smoke headless 1" in text
     assert "here next to the notebook" in text
-    assert f"data {tmp_path.parent / 'data'} runs {tmp_path.parent / 'runs'}" in text
+    assert f"data {paths.data_root()} runs {tmp_path.parent / 'runs'}" in text  # relative: from the start folder
     assert "profile smoke headless 1" in (out / "tiny.html").read_text()
     injected = read_notebook(out / "tiny.ipynb").cells[2]
     assert "injected-parameters" in injected.metadata.tags and 'PROFILE = "smoke"' in injected.source

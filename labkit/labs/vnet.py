@@ -178,7 +178,8 @@ def train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1, scal
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item() * accumulate)
+        # a NaN / Inf loss stops here, before the epoch's checkpoint is written
+        losses.append(torch_utils.check_loss(loss.item() * accumulate, step=index))
         dices.extend(dice_score(prob.detach(), label).tolist())
     return {"loss": float(np.mean(losses)), "dice": float(np.mean(dices))}
 

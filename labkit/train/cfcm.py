@@ -427,7 +427,8 @@ class Trainer:
             self.net, self.optimizer = build_model(self.lab, self.args.model, self.settings, self.setup,
                                                    self.args.blocks)
             self.epoch = tf.Variable(0, dtype=tf.int64)
-        self.state = dict(net=self.net, optimizer=self.optimizer, epoch=self.epoch)
+            seed = tf.Variable(self.profile.seed, dtype=tf.int64, trainable=False)  # saved with the weights
+        self.state = dict(net=self.net, optimizer=self.optimizer, epoch=self.epoch, seed=seed)
         self.record = {"lab": "cfcm", "model": self.args.model, **asdict(self.settings),
                        "blocks": list(self.args.blocks or (3, 4, 6, 3)), "strategy": self.args.strategy,
                        "replicas": self.replicas, "workers": self.workers.count, "seed": self.profile.seed}
@@ -513,6 +514,8 @@ def _read_json(path: Path):
 def _train_epoch(strategy, distributed_step, batches, epoch: int, per_replica: int, first_replica: int,
                  max_steps: int | None) -> tuple[float, float]:
     """One epoch of distributed steps; the mean (over steps) of the replica-averaged loss and Dice."""
+    from labkit import tf_utils
+
     batches.set_epoch(epoch)
     totals, steps = np.zeros(2), 0
     for batch in batches:
@@ -520,7 +523,7 @@ def _train_epoch(strategy, distributed_step, batches, epoch: int, per_replica: i
             break
         image, label = distribute_batch(strategy, batch, per_replica, first_replica)
         loss, score = distributed_step(image, label)
-        totals += np.array([float(loss), float(score)])
+        totals += np.array([tf_utils.check_loss(loss, steps), float(score)])  # NaN / Inf: stop, nothing saved
         steps += 1
     return tuple(totals / max(steps, 1))
 
@@ -529,11 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit status (2 with a one-line message on bad input)."""
     args = build_parser().parse_args(argv)
     from labkit.data.errors import DataError
-    from labkit.tf_utils import CheckpointMismatch
+    from labkit.tf_utils import CheckpointMismatch, TrainingDiverged
 
     try:
         run(args)
-    except (TrainError, DataError, CheckpointMismatch) as error:
+    except (TrainError, DataError, CheckpointMismatch, TrainingDiverged) as error:
         print(f"labkit.train cfcm: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -227,7 +227,7 @@ def _read_last(folder: Path, settings_record: dict, fresh: bool) -> dict | None:
 
 
 def save(folder: Path, epoch: int, net, optimizer, scaler, history: dict, settings, wall_time_s: float,
-         best: bool) -> None:
+         best: bool, seed: int | None = None) -> None:
     """Write ``last.pt`` (and ``best.pt`` when ``best``) in the notebook's format (rank 0 only)."""
     from labkit import torch_utils
 
@@ -235,7 +235,8 @@ def save(folder: Path, epoch: int, net, optimizer, scaler, history: dict, settin
         torch_utils.save_checkpoint(Path(folder) / BEST, epoch=epoch, net=net.state_dict())
     torch_utils.save_checkpoint(Path(folder) / LAST, epoch=epoch, net=net.state_dict(),
                                 optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                history=history, settings=asdict(settings), wall_time_s=wall_time_s)
+                                history=history, settings=asdict(settings), seed=seed,
+                                wall_time_s=wall_time_s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ class Trainer:
                            validation_dice=validation["dice"])
             if self.rank.is_main:
                 save(self.folder, epoch, self.net, self.optimizer, self.scaler, self.log.history, settings,
-                     self.wall_time(), best)
+                     self.wall_time(), best, seed=self.profile.seed)
 
     def _validate(self, evaluate) -> dict:
         """The notebook's ``evaluate`` on this process's share of the validation cases."""
@@ -430,12 +431,12 @@ def _shown(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit status (2 with a one-line message on bad input)."""
     from labkit.data.errors import DataError
-    from labkit.torch_utils import CheckpointError
+    from labkit.torch_utils import CheckpointError, TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (TrainError, DataError, CheckpointError) as error:
+    except (TrainError, DataError, CheckpointError, TrainingDiverged) as error:
         print(f"labkit.train vnet: error: {error}", file=sys.stderr)
         return 2
     return 0
