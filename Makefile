@@ -12,6 +12,10 @@ EXTRAS    ?= torch,$(if $(HAS_GPU),tf-gpu,tf),dev
 LAB_IP    ?= 127.0.0.1
 LAB_PORT  ?= 8888
 LAB_ARGS  ?= --no-browser
+# On 127.0.0.1 only this machine can connect: no token, so the printed address just works.
+# Bound to another address, JupyterLab keeps its usual token (or set LAB_TOKEN).
+LAB_TOKEN ?= $(if $(filter 127.0.0.1 localhost,$(LAB_IP)),,$(shell od -An -N16 -tx1 /dev/urandom | tr -d ' \n'))
+ROOT_ARG  := $(if $(filter 0,$(shell id -u)),--allow-root)
 PROFILE   ?= cpu
 export LABKIT_DATA ?= $(CURDIR)/data
 export LABKIT_RUNS ?= $(CURDIR)/runs
@@ -48,7 +52,8 @@ doctor: setup
 
 lab: data
 	$(PY) -m labkit doctor --brief || true
-	cd notebooks && ../$(VENV)/bin/jupyter lab --ip=$(LAB_IP) --port=$(LAB_PORT) $(LAB_ARGS)
+	cd notebooks && ../$(VENV)/bin/jupyter lab --ip=$(LAB_IP) --port=$(LAB_PORT) \
+	  --IdentityProvider.token='$(LAB_TOKEN)' $(ROOT_ARG) $(LAB_ARGS)
 
 # ---- tests ----
 test: data
