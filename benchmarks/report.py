@@ -145,10 +145,13 @@ def _linear_note(geometry: dict) -> str:
     linear = geometry.get("labkit_linear_vs_nilearn_linear") or {}
     if not linear.get("cases"):
         return ""
-    where = "only on the grid's outer faces" if linear["differences_only_on_faces"] else "inside the grid too"
-    return (f"labkit linear vs nilearn 'linear' on the same grid ({len(linear['cases'])} cases): max "
-            f"difference {_number(linear['max_relative'])} of the image maximum; voxels differing by "
-            f"more than 0.1 %: at most {_number(linear['fraction_differing_max'])}, {where}.")
+    text = (f"labkit linear vs nilearn 'linear' on the same grid ({len(linear['cases'])} cases): max "
+            f"difference {_number(linear['max_relative'])} of the image maximum; ")
+    if not linear.get("fraction_differing_max"):
+        return text + "no voxel differs by more than 0.1 % of it."
+    where = "all on the grid's outer faces" if linear["differences_only_on_faces"] else "some inside the grid"
+    return text + (f"voxels differing by more than 0.1 %: at most "
+                   f"{linear['fraction_differing_max']:.2%} of a case, {where}.")
 
 
 def vnet_section(section: dict | None) -> list[str]:
@@ -266,7 +269,7 @@ def markdown(results: dict) -> str:
     machine = results["machine"]
     libraries = ", ".join(f"{name} {version}" for name, version in machine.get("libraries", {}).items())
     lines = ["# Benchmark results", "",
-             f"Written by `{results.get('command', 'benchmarks/run_all.py')}` at {results['finished_at']}"
+             f"Last written by `{results.get('command', 'benchmarks/run_all.py')}` at {results['finished_at']}"
              + (" (**--quick**: tiny sizes, not the lab's settings)" if results.get("quick") else "") + ".",
              "",
              f"Machine: {machine['cpu']}, {machine['cores']} usable cores, {machine.get('memory_gb')} GB; "
@@ -275,7 +278,8 @@ def markdown(results: dict) -> str:
              "side-by-side ratios are what to read). Python " + machine["python"] + "; " + libraries + ".",
              "",
              "Times are min / median over repeats run side by side in one process, interleaved; "
-             "ratios use medians. Raw numbers: [latest.json](latest.json).", "",
+             "ratios are given for both. Sections may come from different runs (`--only`): each "
+             "says when it was measured and under what load. Raw numbers: [latest.json](latest.json).", "",
              "## Targets", ""]
     lines += targets_table(results["sections"])
     for key, title, render in SECTIONS:

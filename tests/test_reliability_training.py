@@ -286,7 +286,7 @@ def test_cfcm_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_lung_ro
 
     whole, resumed = _checkpoint_tensors(runs / "cfcm-smoke-whole"), _checkpoint_tensors(runs / "cfcm-smoke-killed")
     assert whole.keys() == resumed.keys()
-    for part in ("net/", "optimizer/", "epoch/", "seed/"):  # what a checkpoint must hold
+    for part in ("net_variables/", "optimizer_variables/", "epoch/", "seed/"):  # what a checkpoint holds
         assert any(name.startswith(part) for name in whole), f"no {part} in the checkpoint"
     for name, value in whole.items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=f"{name} differs after the resume")
