@@ -301,20 +301,20 @@ def linear_matches_nilearn(case: dict, spacing) -> dict:
 
 
 def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
-    """Time of an iterator pass vs a whole smoke-profile training epoch (same batches)."""
+    """Time of an iterator pass vs a whole smoke-profile training epoch (same batches, the
+    notebook's augmentation on)."""
     import torch
+    from lab_code import vnet_augmentation
 
     from labkit.data import BatchIterator, prostate
-    from labkit.data.transforms import RandomFlip
     from labkit.profiles import get_profile
 
     settings = get_profile("smoke").vnet
     chosen = cases[: settings.max_cases] if settings.max_cases else cases
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
         iterator = BatchIterator(chosen, settings.batch_size,
                                  before=prostate.preprocessing(settings.spacing, settings.image_size),
-                                 each_batch=[RandomFlip(["image", "label"], axes=(0,))],
+                                 each_batch=vnet_augmentation(),
                                  cache=cache_dir, progress=False)
     net, net_source = _smoke_net(settings)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)

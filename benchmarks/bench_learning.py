@@ -71,21 +71,17 @@ def _start_clock() -> float:
 
 def _learn_vnet(profile, config, budget: float):
     import torch
-    from lab_code import load_lab
+    from lab_code import load_lab, vnet_augmentation
 
     from labkit import torch_utils
     from labkit.data import BatchIterator, prostate
-    from labkit.data.transforms import RandomAffine, RandomFlip, RandomIntensity
 
     lab, source = load_lab("vnet")
     settings = profile.vnet
     splits = prostate.load_splits(config.get("data_root"))
     train_cases = splits["train"][: settings.max_cases] if settings.max_cases else splits["train"]
     chain = prostate.preprocessing(spacing=settings.spacing, size=settings.image_size)
-    both = ["image", "label"]
-    augmentation = [RandomFlip(both, axes=(0,)),
-                    RandomAffine(both, orders=(1, 0), degrees=10, scale=(0.9, 1.1)),
-                    RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.1, 0.1))]
+    augmentation = vnet_augmentation()
     prepare_start = time.perf_counter()
     train_batches = BatchIterator(train_cases, settings.batch_size, before=chain,
                                   each_batch=augmentation, seed=profile.seed, progress=False)

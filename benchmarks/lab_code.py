@@ -79,3 +79,13 @@ def build_lab_vnet(namespace, n_filters: int, normalization: str = "groupnorm",
               "n_filters": n_filters, "normalization": normalization}
     parameters = inspect.signature(cls).parameters
     return cls(**{name: value for name, value in wanted.items() if name in parameters})
+
+
+def vnet_augmentation() -> list:
+    """Lab 1's per-batch augmentation, as its notebook builds it (flip, small affine, intensity)."""
+    from labkit.data.transforms import RandomAffine, RandomFlip, RandomIntensity
+
+    both = ["image", "label"]
+    return [RandomFlip(both, axes=(0,)),
+            RandomAffine(both, orders=(1, 0), degrees=10, scale=(0.9, 1.1)),
+            RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.1, 0.1))]

@@ -134,7 +134,7 @@ def data_section(section: dict | None) -> list[str]:
     if overhead:
         timings = overhead["timings"]
         lines += [f"Iterator overhead: a pass over {overhead['batches']} smoke batches "
-                  f"({overhead['size']}, augmentation on) takes "
+                  f"({overhead['size']}, the notebook's augmentation on) takes "
                   f"{_seconds(timings['iterator_pass']['median_s'])} s against "
                   f"{_seconds(timings['smoke_training_epoch']['median_s'])} s for the whole smoke "
                   f"training epoch with {overhead['net']}: {overhead['overhead_fraction']:.2%}.", ""]

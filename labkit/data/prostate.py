@@ -124,12 +124,12 @@ def preprocessing(spacing=(1.0, 1.0, 1.0), size=(128, 128, 64), labels: str = "w
     both = ["image", "label"]
     return [
         LoadNifti(both, channels={"image": 2, "label": 1}),
+        MapLabels("label", LABEL_MAPPINGS[labels]),  # on the small original grid: checks values early
         Reorient(both),
         Resample(["image"], spacing, order=1),
-        Resample(["label"], spacing, order=0),
+        Resample(["label"], spacing, order=0),  # nearest neighbour keeps the label values
         NormalizeIntensity(["image"]),
         CropOrPad(both, size),
-        MapLabels("label", LABEL_MAPPINGS[labels]),
     ]
 
 
