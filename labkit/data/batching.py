@@ -155,12 +155,20 @@ def prepare_cases(cases: list, transforms, cache=True, workers: int | None = Non
     jobs = [(cases[i], transforms, case_cache) for i in missing]
     bar = _progress_bar(len(missing), progress)
     try:
-        for i, case in zip(missing, _run(jobs, workers, bar), strict=True):
+        for job, i, case in zip(jobs, missing, _run(jobs, workers, bar), strict=True):
+            if case is None:
+                # A worker hands a cached case back through the disk cache: reading the file is
+                # several times cheaper than pickling a large volume through a pipe. (If the
+                # cache could not be written, prepare the case here.)
+                case = case_cache.load(cases[i]) or _prepare_one(job)
             prepared[i] = case
     finally:
         if bar is not None:
             bar.close()
     return prepared
+
+
+LARGE_CASE_BYTES = 32 * 2**20  # above this, an uncached case is prepared in this process
 
 
 def default_workers() -> int:
@@ -180,12 +188,18 @@ def _case_cache(cache, transforms):
     return CaseCache(cache_root() if cache is True else cache, transforms)
 
 
-def _prepare_one(job) -> dict:
+def _prepare_one(job, in_worker: bool = False) -> dict | None:
     case, transforms, case_cache = job
     prepared = Compose(transforms)(case)
     if case_cache is not None:
         case_cache.save(case, prepared)
+        if in_worker:
+            return None  # the parent reads it from the cache
     return prepared
+
+
+def _prepare_in_worker(job) -> dict | None:
+    return _prepare_one(job, in_worker=True)
 
 
 def _run(jobs, workers: int, bar):
@@ -195,7 +209,16 @@ def _run(jobs, workers: int, bar):
     under ``spawn``), the remaining cases are prepared in this process instead.
     """
     done = 0
-    if workers > 1 and len(jobs) > 1 and _picklable([t for job in jobs[:1] for t in job[1]]):
+    if workers > 1 and len(jobs) > 1 and jobs[0][2] is None:
+        # Without a disk cache, results come back pickled through a pipe: for large volumes
+        # (the seed's 256x256x96 at 1 mm) that costs more than a second core saves.
+        first = _prepare_one(jobs[0])
+        done = 1
+        _advance(bar)
+        yield first
+        if sum(value.nbytes for value in first.values() if isinstance(value, np.ndarray)) > LARGE_CASE_BYTES:
+            workers = 1
+    if workers > 1 and len(jobs) - done > 1 and _picklable([t for job in jobs[:1] for t in job[1]]):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -203,7 +226,7 @@ def _run(jobs, workers: int, bar):
         context = multiprocessing.get_context(_start_method())
         try:
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-                for case in pool.map(_prepare_one, jobs):
+                for case in pool.map(_prepare_in_worker, jobs[done:]):
                     done += 1
                     _advance(bar)
                     yield case
