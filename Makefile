@@ -90,7 +90,6 @@ export: setup
 	$(PY) -m labkit.export $(NOTEBOOKS)
 
 bench: data
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
 	$(PY) benchmarks/run_all.py --out benchmarks/results
 
 clean:
