@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from labkit.training import DIVERGED_ADVICE, TrainingDiverged, check_loss  # noqa: F401 (re-exported)
+
 CHECKPOINT_FOLDER = "checkpoints"
 OPTIONAL_OBJECTS = ("seed",)  # saved since the seed was added; older checkpoints lack it
 
@@ -175,33 +177,6 @@ class CheckpointMismatch(ValueError):
     """A checkpoint exists but was written for another model or other settings."""
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; training stopped before saving that epoch."""
-
-
-DIVERGED_ADVICE = ("Likely causes: a learning rate too high, a bad input (NaN pixels, an empty or "
-                   "constant image), or a float16 overflow under mixed precision. The last "
-                   "checkpoint on disk is the last good epoch and was not touched: lower lr "
-                   "(e.g. by 10x), check the data (python -m labkit doctor), or turn mixed "
-                   "precision off, then run the training cell again to resume from it.")
-
-
-def check_loss(loss, step: int | None = None) -> float:
-    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` when it is NaN or infinite.
-
-    Args:
-        loss: the batch's loss (a number or a scalar tensor).
-        step: the batch number within the epoch, counted from 0, for the message.
-
-    Raises:
-        TrainingDiverged: saying what happened, the likely causes and what to do.
-    """
-    value = float(loss)
-    if not np.isfinite(value):
-        where = "" if step is None else f" at training step {step + 1} of this epoch"
-        raise TrainingDiverged(f"the training loss became {value}{where}, so training stopped. "
-                               f"{DIVERGED_ADVICE}")
-    return value
 
 
 def _first_line(error: Exception) -> str:

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 from pathlib import Path
@@ -21,39 +20,13 @@ import numpy as np
 import torch
 
 from labkit.io import atomic_path
+from labkit.training import DIVERGED_ADVICE, TrainingDiverged, check_loss  # noqa: F401 (re-exported)
 
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read; the message names the file and what to do."""
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; training stopped before saving that epoch."""
-
-
-DIVERGED_ADVICE = ("Likely causes: a learning rate too high, a bad input (NaN / Inf voxels, an empty "
-                   "or constant image), or a float16 overflow under mixed precision. The last "
-                   "checkpoint on disk is the last good epoch and was not touched: lower lr "
-                   "(e.g. by 10x), check the data (python -m labkit doctor), or turn mixed "
-                   "precision off, then run the training cell again to resume from it.")
-
-
-def check_loss(loss: float, step: int | None = None) -> float:
-    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` when it is NaN or infinite.
-
-    Args:
-        loss: the batch's loss (a number or a one-element tensor).
-        step: the batch number within the epoch, counted from 0, for the message.
-
-    Raises:
-        TrainingDiverged: saying what happened, the likely causes and what to do.
-    """
-    value = float(loss)
-    if not math.isfinite(value):
-        where = "" if step is None else f" at training step {step + 1} of this epoch"
-        raise TrainingDiverged(f"the training loss became {value}{where}, so training stopped. "
-                               f"{DIVERGED_ADVICE}")
-    return value
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
