@@ -31,6 +31,11 @@ VNET_TINY = ["--profile", "smoke", "--image-size", "32,32,32", "--filters", "8",
 CFCM_TINY = ["--profile", "smoke", "--strategy", "default", "--image-size", "64,64", "--filters", "4",
              "--blocks", "1,1,1,1", "--batch-size", "2", "--max-cases", "8", "--workers", "1"]
 
+# Larger images for the kill test: an epoch must last long enough to be killed in its middle,
+# also on an idle machine (at 64x64 it takes under 0.1 s there).
+CFCM_KILL = [*CFCM_TINY[:CFCM_TINY.index("--image-size") + 1], "128,128",
+             *CFCM_TINY[CFCM_TINY.index("--image-size") + 2:]]
+
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
@@ -64,7 +69,7 @@ def _train_and_kill(lab: str, arguments: list[str], data_root: Path, work: Path,
             assert process.poll() is None, f"the trainer ended before the first checkpoint: {process.stderr.read()}"
             assert time.monotonic() < deadline, "no checkpoint appeared in time"
             time.sleep(0.02)
-        time.sleep(0.1)  # well inside epoch 2 (an epoch takes about a second here)
+        time.sleep(0.03)  # inside epoch 2: the kill tests' epochs take a few tenths of a second or more
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # the trainer and any data-preparation children
@@ -276,8 +281,8 @@ def _checkpoint_tensors(folder: Path) -> dict:
 def test_cfcm_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_lung_root, tmp_path):
     pytest.importorskip("tensorflow")
     runs = tmp_path / "runs"
-    _train("cfcm", [*CFCM_TINY, "--max-epochs", "3", "--run-name", "whole"], tiny_lung_root, tmp_path)
-    interrupted = [*CFCM_TINY, "--max-epochs", "3", "--run-name", "killed"]
+    _train("cfcm", [*CFCM_KILL, "--max-epochs", "3", "--run-name", "whole"], tiny_lung_root, tmp_path)
+    interrupted = [*CFCM_KILL, "--max-epochs", "3", "--run-name", "killed"]
     index = runs / "cfcm-smoke-killed" / "checkpoints" / "checkpoint"
     _train_and_kill("cfcm", interrupted, tiny_lung_root, tmp_path, saved=index.is_file)
     assert "ckpt-1" in index.read_text() and "ckpt-2" not in index.read_text(), "killed after epoch 2 finished"
