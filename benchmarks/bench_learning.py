@@ -59,6 +59,21 @@ def _point(epoch: int, started: float, train_dice: float, validation_dice: float
 _CPU_AT_START = [0.0]
 
 
+def _timed_curve(lab: str, max_epochs: int, budget: float, one_epoch) -> list[dict]:
+    """Run ``one_epoch(epoch) -> (train Dice, validation Dice)`` until ``max_epochs`` or the
+    time budget; one point per epoch, the last marked ``finished`` when all epochs ran."""
+    curve, started = [], _start_clock()
+    for epoch in range(max_epochs):
+        train_dice, validation_dice = one_epoch(epoch)
+        curve.append(_point(epoch, started, train_dice, validation_dice))
+        log(f"learning: {lab} epoch {epoch + 1}: {curve[-1]}")
+        if curve[-1]["time_s"] >= budget:
+            break
+    else:
+        curve[-1]["finished"] = True
+    return curve
+
+
 def _start_clock() -> float:
     _CPU_AT_START[0] = time.process_time()
     return time.perf_counter()
@@ -92,18 +107,13 @@ def _learn_vnet(profile, config, budget: float):
     net = lab.VNet(in_channels=2, out_channels=1, n_filters=settings.n_filters,
                    normalization=settings.normalization)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    curve, started = [], _start_clock()
-    for epoch in range(settings.max_epochs):
+    def one_epoch(epoch):
         train_batches.set_epoch(epoch)
         train = lab.train_one_epoch(net, train_batches, optimizer, lab.dice_loss, "cpu",
                                     accumulate=settings.accumulate)
-        validation = lab.evaluate(net, validation_batches, lab.dice_loss, "cpu")
-        curve.append(_point(epoch, started, train["dice"], validation["dice"]))
-        log(f"learning: vnet epoch {epoch + 1}: {curve[-1]}")
-        if curve[-1]["time_s"] >= budget:
-            break
-    else:
-        curve[-1]["finished"] = True
+        return train["dice"], lab.evaluate(net, validation_batches, lab.dice_loss, "cpu")["dice"]
+
+    curve = _timed_curve("vnet", settings.max_epochs, budget, one_epoch)
     return curve, {"lab_source": source, "prepare_s": round(prepare_s, 1),
                    "train_cases": len(train_cases), "validation_cases": len(splits["validation"]),
                    "settings": profile.to_dict()["vnet"], "threads": torch.get_num_threads()}
@@ -159,17 +169,12 @@ def _learn_cfcm(profile, config, budget: float):
             count += len(batch["id"])
         return total / max(count, 1)
 
-    curve, started = [], _start_clock()
-    for epoch in range(settings.max_epochs):
+    def one_epoch(epoch):
         train_batches.set_epoch(epoch)
-        train_dice = mean_dice(train_batches, train_step, True)
-        validation_dice = mean_dice(validation_batches, validation_step, False)
-        curve.append(_point(epoch, started, train_dice, validation_dice))
-        log(f"learning: cfcm epoch {epoch + 1}: {curve[-1]}")
-        if curve[-1]["time_s"] >= budget:
-            break
-    else:
-        curve[-1]["finished"] = True
+        return (mean_dice(train_batches, train_step, True),
+                mean_dice(validation_batches, validation_step, False))
+
+    curve = _timed_curve("cfcm", settings.max_epochs, budget, one_epoch)
     return curve, {"lab_source": source, "prepare_s": round(prepare_s, 1),
                    "train_cases": len(train_cases), "validation_cases": len(splits["validation"]),
                    "settings": profile.to_dict()["cfcm"], "tensorflow": str(setup),
