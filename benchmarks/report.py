@@ -133,11 +133,19 @@ def data_section(section: dict | None) -> list[str]:
     overhead = section.get("epoch_overhead") or {}
     if overhead:
         timings = overhead["timings"]
-        lines += [f"Iterator overhead: a pass over {overhead['batches']} smoke batches "
-                  f"({overhead['size']}, the notebook's augmentation on) takes "
-                  f"{_seconds(timings['iterator_pass']['median_s'])} s against "
-                  f"{_seconds(timings['smoke_training_epoch']['median_s'])} s for the whole smoke "
-                  f"training epoch with {overhead['net']}: {overhead['overhead_fraction']:.2%}.", ""]
+        per_epoch = overhead.get("epochs_per_sample", 1)
+        real = timings["training_epoch"]["median_s"] / per_epoch
+        network = timings["training_epoch_premade"]["median_s"] / per_epoch
+        work = timings["iterator_work_no_network"]["median_s"] / per_epoch
+        lines += [f"Iterator overhead, smoke profile ({overhead['batches']} batches of {overhead['size']}, "
+                  f"the notebook's augmentation on, {overhead['net']}, {overhead['torch_threads']} "
+                  f"PyTorch thread(s); medians of {per_epoch}-epoch runs): a training epoch over the "
+                  f"iterator takes {_seconds(real)} s, over the same batches made beforehand "
+                  f"{_seconds(network)} s, so the iterator adds "
+                  f"{overhead['overhead_fraction_median']:.2%} (median) / "
+                  f"{overhead['overhead_fraction_min']:.2%} (min) of the epoch. Its own work, "
+                  f"{_seconds(work)} s per epoch ({overhead['iterator_work_fraction']:.1%} of the "
+                  "epoch), runs in a background thread while the network trains.", ""]
     return lines
 
 

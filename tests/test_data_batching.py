@@ -106,8 +106,9 @@ def test_prostate_pipeline_with_cache_and_workers(tiny_prostate_root, tmp_path):
     cases = prostate.list_cases(tiny_prostate_root)[:4]
     chain = prostate.preprocessing((4.0, 4.0, 4.0), (16, 16, 12))
     serial = BatchIterator(cases, 2, before=chain, cache=tmp_path / "cache", workers=1, shuffle=False)
-    files = sorted((tmp_path / "cache").rglob("*.npz"))
-    assert len(files) == 4
+    entries = sorted((tmp_path / "cache").rglob("case.json"))
+    assert len(entries) == 4
+    assert {p.name for p in entries[0].parent.iterdir()} == {"case.json", "0-image.npy", "1-label.npy"}
     parallel = BatchIterator(cases, 2, before=chain, cache=False, workers=2, shuffle=False)
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
@@ -150,9 +151,15 @@ def test_damaged_cache_entry_is_recomputed(tiny_lung_root, tmp_path):
     chain = lung.preprocessing((16, 16))
     prepare_cases([case], chain, cache=tmp_path)
     path = CaseCache(tmp_path, chain).path(case)
-    path.write_bytes(b"garbage")
+    image_file = next(path.glob("*-image.npy"))
+    image_file.write_bytes(image_file.read_bytes()[:100])  # truncated
+    assert CaseCache(tmp_path, chain).load(case) is None
     again = prepare_cases([case], chain, cache=tmp_path)[0]
     assert again["image"].shape == (16, 16)
+    assert CaseCache(tmp_path, chain).load(case)["image"].shape == (16, 16)  # repaired
+    (path / "case.json").unlink()  # an entry without case.json is incomplete: written again
+    prepare_cases([case], chain, cache=tmp_path)
+    assert CaseCache(tmp_path, chain).load(case)["image"].shape == (16, 16)
 
 
 def test_progress_bar_quiet_when_headless(tiny_lung_root, tmp_path, monkeypatch, capsys):
@@ -208,4 +215,90 @@ def test_cache_key_covers_in_memory_arrays(tmp_path):
     changed = [dict(cases[0], image=cases[0]["image"] * 0 + np.arange(4, dtype=np.float32))]
     second = prepare_cases(changed, chain, cache=tmp_path, progress=False)[0]
     assert not np.array_equal(first["image"], second["image"])
-    assert len(list(tmp_path.rglob("*.npz"))) == 1  # the stale entry of c0 was replaced
+    assert len(list(tmp_path.rglob("case.json"))) == 1  # the stale entry of c0 was replaced
+
+
+class _Counted:
+    """A batch transform that counts its calls (adds 1 to the image)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, case):
+        self.calls += 1
+        return dict(case, image=case["image"] + 1)
+
+    def __repr__(self):
+        return "Counted()"
+
+
+def _images(iterator, stop_after=None):
+    images = []
+    for batch in iterator:
+        images.append(batch["image"].copy())
+        if stop_after is not None and len(images) == stop_after:
+            break
+    return images
+
+
+def test_prefetching_changes_no_batch():
+    """Background assembly gives the very batches of plain, in-order assembly: whole epochs,
+    an epoch left early, a jump with set_epoch (a resume), drop_last and sharding."""
+    each_batch = [RandomFlip(["image", "label"], axes=(0, 1, 2)), RandomIntensity(["image"])]
+    options = [dict(), dict(drop_last=True), dict(rank=1, world_size=2)]
+    for extra in options:
+        plain, ahead = (BatchIterator(_memory_cases(), 2, each_batch=each_batch, seed=5, cache=False,
+                                      prefetch=prefetch, **extra) for prefetch in (0, 3))
+        for it in (plain, ahead):
+            it.record = [_images(it), _images(it, stop_after=1), _images(it)]
+            it.set_epoch(7)
+            it.record.append(_images(it))
+            it.set_epoch(2)  # back to an epoch already seen: replayed
+            it.record.append(_images(it))
+        for one, other in zip(plain.record, ahead.record, strict=True):
+            assert len(one) == len(other) > 0
+            for a, b in zip(one, other, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_prefetching_reuses_the_next_epochs_first_batches():
+    counted = _Counted()
+    it = BatchIterator(_memory_cases(6), 2, each_batch=[counted], cache=False, prefetch=2)
+    list(it)
+    list(it)
+    it._ahead[1][-1][1].result()  # the speculative work on epoch 2 has finished
+    # 2 epochs x 6 cases, plus epoch 2's first 2 batches (4 cases), assembled once each
+    assert counted.calls == 12 + 4
+    list(it)  # epoch 2 takes those 2 batches as they are and assembles its third
+    it._ahead[1][-1][1].result()
+    assert counted.calls == 12 + 4 + 2 + 4  # ... then starts on epoch 3
+
+
+def test_prefetching_drops_the_next_epoch_when_another_is_asked():
+    it = BatchIterator(_memory_cases(6), 2, each_batch=[RandomIntensity(["image"])], seed=1,
+                       cache=False, prefetch=2)
+    list(it)
+    it.set_epoch(5)
+    jumped = _images(it)
+    fresh = BatchIterator(_memory_cases(6), 2, each_batch=[RandomIntensity(["image"])], seed=1,
+                          cache=False, prefetch=0)
+    fresh.set_epoch(5)
+    for a, b in zip(jumped, _images(fresh), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_error_in_a_prefetched_batch_reaches_the_loop_at_that_batch():
+    from labkit.data.errors import DataError
+
+    def fails_on_c3(case):
+        if case["id"] == "c3":
+            raise DataError("c3.nii.gz", "broken on purpose", "nothing")
+        return case
+
+    it = BatchIterator(_memory_cases(6), 1, each_batch=[fails_on_c3], shuffle=False, cache=False,
+                       prefetch=3)
+    seen = []
+    with pytest.raises(DataError, match="c3.nii.gz: broken on purpose"):
+        for batch in it:
+            seen += batch["id"]
+    assert seen == ["c0", "c1", "c2"]

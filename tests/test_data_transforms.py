@@ -124,6 +124,70 @@ def test_fuse_and_map_labels():
     np.testing.assert_array_equal(T.map_labels(np.array([0, 1, 2]), {0: 0, 1: 1, 2: 1}), [0, 1, 1])
     with pytest.raises(ValueError, match="not in"):
         T.map_labels(np.array([0, 3]), {0: 0, 1: 1})
+    # float32 voxels in the file's (Fortran) order, as LoadNifti gives them, and uint8
+    label = np.asfortranarray(np.random.default_rng(0).integers(0, 3, (6, 5, 4))).astype(np.float32)
+    for variant in (label, label.astype(np.uint8), label[::-1]):
+        np.testing.assert_array_equal(T.map_labels(variant, {0: 0, 1: 1, 2: 1}), np.asarray(variant) > 0)
+    with pytest.raises(ValueError, match=r"\[1\] are not in"):
+        T.map_labels(np.array([0.0, 1.0]), {0: 0, 2: 1})
+    with pytest.raises(ValueError, match="not in"):  # not whole numbers: the general path
+        T.map_labels(np.array([0.0, 0.5]), {0: 0, 1: 1})
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("kind", ["int16-scaled", "float32", "uint8-3d", "big-endian", "float64-nan"])
+@pytest.mark.parametrize("gzip_module", ["isal", "stdlib"])
+def test_fast_nifti_reader_equals_nibabel(tmp_path, monkeypatch, suffix, kind, gzip_module):
+    """LoadNifti's one-shot reader gives nibabel's float32 voxels, scaling and byte order included."""
+    import builtins
+
+    if gzip_module == "stdlib":  # as on a machine without the optional `isal` package
+        real_import = builtins.__import__
+
+        def no_isal(name, *args, **kwargs):
+            if name == "isal":
+                raise ImportError("no isal")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_isal)
+    rng = np.random.default_rng(1)
+    affine = np.diag([-0.6, 0.7, 3.0, 1.0])
+    if kind == "int16-scaled":
+        image = nib.Nifti1Image((rng.random((9, 8, 5, 2)) * 3000).astype(np.int16), affine)
+        image.header.set_slope_inter(0.5, -10.0)
+    elif kind == "float32":
+        image = nib.Nifti1Image(rng.random((9, 8, 5, 2)).astype(np.float32), affine)
+    elif kind == "uint8-3d":
+        image = nib.Nifti1Image(rng.integers(0, 3, (9, 8, 5)).astype(np.uint8), affine)
+    elif kind == "big-endian":
+        image = nib.Nifti1Image(rng.random((9, 8, 5)).astype(">f4"), affine)
+    else:
+        data = rng.random((9, 8, 5))
+        data[1, 2, 3] = np.nan
+        image = nib.Nifti1Image(data, affine)
+    path = tmp_path / f"volume{suffix}"
+    nib.save(image, path)
+    expected = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    expected = np.nan_to_num(expected[None] if expected.ndim == 3 else np.moveaxis(expected, -1, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", T.DataWarning)
+        got = T.LoadNifti(["image"])({"image": str(path)})["image"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_fast_nifti_reader_names_a_truncated_file(tmp_path):
+    path = tmp_path / "short.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((30, 30, 20), np.float32), np.eye(4)), path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="short.nii.gz: the file is damaged or truncated"):
+        T.LoadNifti(["image"])({"image": str(path)})
+    plain = tmp_path / "short.nii"
+    nib.save(nib.Nifti1Image(np.ones((30, 30, 20), np.float32), np.eye(4)), plain)
+    plain.write_bytes(plain.read_bytes()[:5000])
+    with pytest.raises(DataError, match="short.nii: the file is damaged or truncated"):
+        T.LoadNifti(["image"])({"image": str(plain)})
 
 
 def test_reprs_are_stable_and_differ_with_settings():
@@ -211,6 +275,10 @@ def test_separable_resampling_equals_the_general_sampler():
     for trial in range(120):
         shape = tuple(int(n) for n in rng.integers(1, 20, 3))
         volume = (rng.random(shape) * 100).astype(np.float32)
+        if trial % 3 == 1:  # a view like Reorient leaves of a file's voxels: swapped and flipped
+            volume = np.asfortranarray(volume)[::-1]
+        elif trial % 3 == 2:
+            volume = np.ascontiguousarray(volume.transpose(2, 0, 1)).transpose(1, 2, 0)[:, ::-1]
         matrix = np.eye(4)
         matrix[:3, :3] = np.diag(rng.choice([0.25, 1 / 3, 0.6, 1.0, 1.7, 3.0], 3) * rng.choice([1, -1], 3))
         matrix[:3, 3] = rng.uniform(-4, 4, 3) if trial % 2 else np.round(rng.uniform(-4, 4, 3))
@@ -220,3 +288,13 @@ def test_separable_resampling_equals_the_general_sampler():
                                                 output_shape=output_shape, order=order, cval=0.0)
             got = _separable_resample(volume, matrix, output_shape, order)
             np.testing.assert_allclose(got, expected, atol=1e-3, err_msg=f"trial {trial}, order {order}")
+
+
+def test_map_labels_transform_rounds_stored_values_first():
+    """Labels stored with scaling can read as 0.99999: rounded, then mapped (not an error)."""
+    case = {"label": np.array([[0.0, 0.99999, 2.00001, 1.0]], np.float32)}
+    mapped = T.MapLabels("label", {0: 0, 1: 1, 2: 1})(case)["label"]
+    np.testing.assert_array_equal(mapped, [[0, 1, 1, 1]])
+    assert mapped.dtype == np.float32
+    with pytest.raises(DataError, match="unexpected label values"):
+        T.MapLabels("label", {0: 0, 1: 1})({"label": np.array([0.0, 2.0])})

@@ -16,6 +16,11 @@ Randomness is a function of ``(seed, epoch, position)``: the epoch's order comes
 ``np.random.default_rng([seed, epoch, 1, position])``. After a resume, ``set_epoch(e)``
 replays epoch ``e`` exactly; with ``rank`` / ``world_size`` each process gets its own share of
 the same order (padded by repeating cases so every rank has as many batches).
+
+While the network trains on one batch, a background thread assembles the next ``prefetch``
+batches (numpy and scipy release the interpreter lock while they work), and after an epoch's
+last batch it starts on the next epoch's first ones. The batches do not depend on this: they
+are the same, in the same order, with ``prefetch=0``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import os
 import pickle
 import sys
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -49,6 +56,7 @@ class BatchIterator:
         drop_last: drop the last, smaller batch.
         rank, world_size: this process's share when training on several GPUs.
         progress: show a progress bar while preparing (never when ``LABKIT_HEADLESS=1``).
+        prefetch: batches assembled ahead in a background thread (0: each batch when asked).
 
     Example:
         >>> it = BatchIterator(cases, batch_size=2, before=prostate.preprocessing(...))
@@ -60,7 +68,8 @@ class BatchIterator:
 
     def __init__(self, cases, batch_size: int, before=(), each_epoch=(), each_batch=(),
                  shuffle: bool = True, seed: int = 0, cache=True, workers: int | None = None,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, progress: bool = True):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, progress: bool = True,
+                 prefetch: int = 2):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= int(rank) < int(world_size):
@@ -74,6 +83,8 @@ class BatchIterator:
         self.drop_last = drop_last
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
+        self.prefetch = max(0, int(prefetch))
+        self._ahead = None  # (epoch, [(chunk, future), ...]): the next epoch's first batches
         self.cases = prepare_cases(list(cases), self.before, cache=cache, workers=workers,
                                    progress=progress)
 
@@ -102,15 +113,64 @@ class BatchIterator:
         cases = (cases * math.ceil(total / max(len(cases), 1)))[:total]  # pad by repeating
         return cases[self.rank::self.world_size]
 
+    def _chunks(self, epoch: int) -> list:
+        """(cases, start) of every batch of ``epoch``, in order."""
+        cases = self.epoch_cases(epoch)
+        chunks = [(cases[start:start + self.batch_size], start) for start in range(0, len(cases), self.batch_size)]
+        if chunks and self.drop_last and len(chunks[-1][0]) < self.batch_size:
+            chunks.pop()
+        return chunks
+
     def __iter__(self):
         epoch = self.epoch
-        cases = self.epoch_cases(epoch)
-        for start in range(0, len(cases), self.batch_size):
-            chunk = cases[start:start + self.batch_size]
-            if len(chunk) < self.batch_size and self.drop_last:
-                break
-            yield self._batch(chunk, epoch, start)
-        self.epoch = epoch + 1  # a plain loop moves on; set_epoch() still decides
+        chunks = self._chunks(epoch)
+        if self.prefetch == 0:
+            for chunk, start in chunks:
+                yield self._batch(chunk, epoch, start)
+            self.epoch = epoch + 1  # a plain loop moves on; set_epoch() still decides
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="labkit-batches")
+        pending = deque(self._claim_ahead(epoch, chunks))
+        submitted = len(pending)
+        try:
+            for _ in chunks:
+                while submitted < len(chunks) and len(pending) < self.prefetch + 1:
+                    chunk, start = chunks[submitted]
+                    pending.append(pool.submit(self._batch, chunk, epoch, start))
+                    submitted += 1
+                yield pending.popleft().result()
+            self.epoch = epoch + 1
+            # Start on the next epoch while the caller validates, logs or saves a checkpoint.
+            # If the caller then asks for another epoch (set_epoch), this work is dropped.
+            ahead = self._chunks(epoch + 1)[:self.prefetch]
+            self._ahead = (epoch + 1, [(chunk, pool.submit(self._batch, chunk, epoch + 1, start))
+                                       for chunk, start in ahead])
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False)  # the thread ends once its submitted work is done
+
+    def _claim_ahead(self, epoch: int, chunks: list) -> list:
+        """Futures of this epoch's first batches started by the previous pass, if they match."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return []
+        ahead_epoch, started = ahead
+        usable = []
+        for (chunk, future), (wanted, _) in zip(started, chunks):
+            same = ahead_epoch == epoch and len(chunk) == len(wanted) and all(
+                a is b for a, b in zip(chunk, wanted))
+            if not same or usable is None:
+                future.cancel()
+                usable = None
+            else:
+                usable.append(future)
+        return usable or []
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ahead"] = None  # futures stay with this process
+        return state
 
     def _batch(self, chunk, epoch: int, start: int) -> dict:
         prepared = []
