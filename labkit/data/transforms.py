@@ -768,10 +768,59 @@ class Affine(Transform):
             spatial = np.array(array.shape[-self.spatial_dims:])
             centre = (spatial - 1) / 2
             offset = centre - matrix @ centre
-            flat = array.reshape((-1,) + tuple(spatial))
-            out = [ndimage.affine_transform(v, matrix, offset=offset, order=order, cval=0.0) for v in flat]
-            case[key] = np.stack(out).reshape(array.shape)
+            case[key] = affine_in_plane(array, matrix, offset, order)
         return case
+
+
+def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int) -> np.ndarray:
+    """``ndimage.affine_transform(order=0 or 1, mode='constant', cval=0)`` of every channel of
+    ``array`` (..., X, Y[, Z]) for a matrix that moves only the first two spatial axes together
+    (a rotation in that plane) and scales the third on its own, as :class:`Affine` builds.
+
+    All (x, y) planes of all channels share one set of source positions and weights: 4 gathers
+    of whole z columns (1 for nearest neighbour) instead of one general 3D sampler per channel;
+    then the third axis is resampled on its own, in one 1D pass. Several times faster than
+    ``ndimage.affine_transform`` for the labs' augmentation, with the same values
+    (``tests/test_data_transforms.py``).
+    """
+    dims = len(offset)
+    if dims == 3 and (np.abs(matrix[2, :2]).max() > 0 or np.abs(matrix[:2, 2]).max() > 0):
+        raise ValueError("affine_in_plane: the third axis must not mix with the first two")
+    array = np.asarray(array, dtype=np.float32)
+    spatial = array.shape[array.ndim - dims:]
+    nx, ny = spatial[:2]
+    nz = spatial[2] if dims == 3 else 1
+    # (channels, x * y, z): each pixel's column of z values is contiguous, so one gather
+    # moves whole columns.
+    columns = np.ascontiguousarray(array).reshape(-1, nx * ny, nz)
+    grid_x, grid_y = np.meshgrid(np.arange(nx, dtype=float), np.arange(ny, dtype=float), indexing="ij")
+    source_x = (matrix[0, 0] * grid_x + matrix[0, 1] * grid_y + offset[0]).ravel()
+    source_y = (matrix[1, 0] * grid_x + matrix[1, 1] * grid_y + offset[1]).ravel()
+    tolerance = 1e-9 * max(nx, ny)  # positions on the edge, give or take rounding, are inside
+    inside = ((source_x >= -tolerance) & (source_x <= nx - 1 + tolerance)
+              & (source_y >= -tolerance) & (source_y <= ny - 1 + tolerance))
+    if order == 0:
+        near_x = np.clip(np.floor(source_x + 0.5), 0, nx - 1).astype(np.intp)
+        near_y = np.clip(np.floor(source_y + 0.5), 0, ny - 1).astype(np.intp)
+        out = np.take(columns, near_x * ny + near_y, axis=1)
+        out *= inside.astype(np.float32)[:, None]
+    else:
+        low_x = np.clip(np.floor(source_x), 0, max(nx - 2, 0)).astype(np.intp)
+        low_y = np.clip(np.floor(source_y), 0, max(ny - 2, 0)).astype(np.intp)
+        weight_x = np.clip(source_x - low_x, 0, 1) if nx > 1 else np.zeros(nx * ny)
+        weight_y = np.clip(source_y - low_y, 0, 1) if ny > 1 else np.zeros(nx * ny)
+        high_x, high_y = np.minimum(low_x + 1, nx - 1), np.minimum(low_y + 1, ny - 1)
+        out = None
+        for index_x, index_y, weight in (
+                (low_x, low_y, (1 - weight_x) * (1 - weight_y)), (low_x, high_y, (1 - weight_x) * weight_y),
+                (high_x, low_y, weight_x * (1 - weight_y)), (high_x, high_y, weight_x * weight_y)):
+            term = np.take(columns, index_x * ny + index_y, axis=1)
+            term *= (weight * inside).astype(np.float32)[:, None]
+            out = term if out is None else np.add(out, term, out=out)
+    out = out.reshape(array.shape)
+    if dims == 3:  # then the third axis on its own, in one 1D pass
+        out = _resample_axis(out, out.ndim - 1, matrix[2, 2], offset[2], nz, order)
+    return out
 
 
 class Intensity(Transform):
