@@ -202,9 +202,10 @@ def make_batches(cases: dict, settings, seed: int, local_batch: int, workers: Wo
     augmentation = [RandomAffine(["image", "label"], orders=(1, 0), degrees=5.0, scale=(0.95, 1.05), spatial_dims=2),
                     RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.05, 0.05))] if augment else []
     common_options = dict(before=preprocessing, seed=seed, workers=prepare_workers, progress=False)
+    prefetch = 2 if tf.config.list_physical_devices("GPU") else 0  # assemble while the GPU works
     train = BatchIterator(cases["train"], local_batch, each_epoch=[Shuffle()], each_batch=augmentation,
                           shuffle=False, drop_last=True, rank=workers.index,
-                          world_size=worker_count_for_data, **common_options)
+                          world_size=worker_count_for_data, prefetch=prefetch, **common_options)
     if len(train) == 0:
         raise TrainError(f"{len(cases['train'])} training cases cannot fill one step of {local_batch} "
                          f"cases on this worker; lower --batch-size or use fewer devices")

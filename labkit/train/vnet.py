@@ -161,8 +161,9 @@ def make_batches(settings, seed: int, rank: Rank, workers: int | None, augment: 
                     RandomAffine(both, orders=(1, 0), degrees=10, scale=(0.9, 1.1)),
                     RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.1, 0.1))] if augment else []
     shard = dict(rank=rank.rank, world_size=rank.world_size, workers=workers, progress=False)
+    prefetch = 2 if torch.cuda.is_available() else 0  # assemble batches while the GPU works
     train = BatchIterator(split["train"], settings.batch_size, before=chain, each_batch=augmentation,
-                          shuffle=True, seed=seed, **shard)
+                          shuffle=True, seed=seed, prefetch=prefetch, **shard)
     evaluation = {name: BatchIterator(cases, settings.batch_size, before=chain, shuffle=False, **shard)
                   for name, cases in split.items() if cases}
     return {"train": train, "evaluation": evaluation}, paths.data_source(prostate.dataset_dir())
