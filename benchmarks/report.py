@@ -140,12 +140,15 @@ def data_section(section: dict | None) -> list[str]:
         lines += [f"Iterator overhead, smoke profile ({overhead['batches']} batches of {overhead['size']}, "
                   f"the notebook's augmentation on, {overhead['net']}, {overhead['torch_threads']} "
                   f"PyTorch thread(s); medians of {per_epoch}-epoch runs): a training epoch over the "
-                  f"iterator takes {_seconds(real)} s, over the same batches made beforehand "
+                  f"iterator (each batch assembled when asked, as on a CPU) takes {_seconds(real)} s, over the same batches made beforehand "
                   f"{_seconds(network)} s, so the iterator adds "
                   f"{overhead['overhead_fraction_median']:.2%} (median) / "
                   f"{overhead['overhead_fraction_min']:.2%} (min) of the epoch. Its own work, "
                   f"{_seconds(work)} s per epoch ({overhead['iterator_work_fraction']:.1%} of the "
-                  "epoch), runs in a background thread while the network trains.", ""]
+                  "epoch). With `prefetch=2` (the GPU setting: batches assembled ahead in a "
+                  "background thread, which on this machine competes with the training for the "
+                  "cores) it adds "
+                  f"{overhead.get('prefetch_overhead_fraction_median', float('nan')):.2%} (median).", ""]
     return lines
 
 

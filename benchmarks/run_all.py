@@ -36,7 +36,7 @@ SECTIONS = {
     "learning": [("vnet", "bench_learning.py", {"lab": "vnet"}),
                  ("cfcm", "bench_learning.py", {"lab": "cfcm"})],
 }
-DEFAULT_REPEATS = {"data": 3, "vnet": 2, "cfcm": 5, "gpu": 10}
+DEFAULT_REPEATS = {"data": 5, "vnet": 2, "cfcm": 5, "gpu": 10}
 SECTION_TIMEOUT_S = 3 * 3600
 
 

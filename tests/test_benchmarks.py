@@ -53,7 +53,8 @@ def test_quick_run_writes_json_markdown_and_png(tiny_prostate_root, tmp_path):
     assert setting["geometry"]["label_dice_min"] >= 0.99
     assert any("oblique" in row["orientation"] for row in setting["geometry"]["cases"])
     overhead = data["epoch_overhead"]
-    assert set(overhead["timings"]) == {"training_epoch", "training_epoch_premade", "iterator_work_no_network"}
+    assert set(overhead["timings"]) == {"training_epoch", "training_epoch_premade",
+                                        "training_epoch_prefetch", "iterator_work_no_network"}
     assert -1 < overhead["overhead_fraction"] < 1  # a difference of two timings: may be just below 0
     assert 0 < overhead["iterator_work_fraction"] < 1
     assert "Iterator overhead, smoke profile" in (out / "latest.md").read_text()
