@@ -302,3 +302,12 @@ def test_an_error_in_a_prefetched_batch_reaches_the_loop_at_that_batch():
         for batch in it:
             seen += batch["id"]
     assert seen == ["c0", "c1", "c2"]
+
+
+def test_worker_memory_setting_runs_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from labkit.data.batching import _keep_freed_memory as k; k(); k()"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

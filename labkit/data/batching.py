@@ -288,7 +288,8 @@ def _run(jobs, workers: int, bar):
 
         context = multiprocessing.get_context(_start_method())
         try:
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                                     initializer=_keep_freed_memory) as pool:
                 for case in pool.map(_prepare_in_worker, jobs[done:]):
                     done += 1
                     _advance(bar)
@@ -301,6 +302,27 @@ def _run(jobs, workers: int, bar):
         case = _prepare_one(job)
         _advance(bar)
         yield case
+
+
+def _keep_freed_memory() -> None:
+    """In a worker process: let glibc keep freed memory for the next case.
+
+    Preparing a case allocates and frees tens of MB in large blocks. By default glibc hands each
+    large block back to the system when it is freed and the next case faults fresh pages in
+    again (about 13 % of a case's time at the cpu profile, measured). Workers are short-lived,
+    so keeping the memory costs nothing afterwards. Other C libraries: nothing to do.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 256 * 2**20)
+    mallopt(m_trim_threshold, 1024 * 2**20)
 
 
 def _start_method() -> str:
