@@ -54,7 +54,9 @@ def reorient_to_canonical(array: np.ndarray, affine: np.ndarray):
     """Flip / permute the last three axes so they point Right, Anterior, Superior (RAS).
 
     Only whole-voxel moves: no interpolation. An oblique affine keeps its small rotation
-    (the closest axes are chosen); :func:`resample` removes it.
+    (the closest axes are chosen); :func:`resample` removes it. The result is a view of the
+    input (flipped axes have negative strides): wrap it in ``np.ascontiguousarray`` before
+    ``torch.from_numpy``. Later transforms (resample, crop) return ordinary arrays.
 
     Returns:
         (array, affine) on the reoriented grid.
