@@ -343,10 +343,12 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    def training_epochs():  # as the notebook trains on a CPU: each batch assembled when asked
-        for _ in range(epochs):
-            for batch in in_turn:
-                step(batch)
+    def training_over(iterator):
+        def train():
+            for _ in range(epochs):
+                for batch in iterator:
+                    step(batch)
+        return train
 
     premade = [list(in_turn) for _ in range(epochs)]  # assembled once, untimed
 
@@ -355,18 +357,14 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
             for batch in batches:
                 step(batch)
 
-    def training_epochs_prefetch():  # as on a GPU: 2 batches assembled ahead in a thread
-        for _ in range(epochs):
-            for batch in ahead:
-                step(batch)
-
     def iterator_only():
         for _ in range(epochs):
             for _batch in in_turn:
                 pass
 
-    timings = compare({"training_epoch": training_epochs, "training_epoch_premade": training_epochs_premade,
-                       "training_epoch_prefetch": training_epochs_prefetch,
+    timings = compare({"training_epoch": training_over(in_turn),  # as on a CPU: made when asked
+                       "training_epoch_premade": training_epochs_premade,
+                       "training_epoch_prefetch": training_over(ahead),  # as on a GPU: 2 ahead
                        "iterator_work_no_network": iterator_only},
                       repeats=max(repeats, 9), warmup=1, memory=False)
     real, network = timings["training_epoch"], timings["training_epoch_premade"]

@@ -143,7 +143,7 @@ def data_section(section: dict | None) -> list[str]:
                   f"iterator (each batch assembled when asked, as on a CPU) takes {_seconds(real)} s, over the same batches made beforehand "
                   f"{_seconds(network)} s, so the iterator adds "
                   f"{overhead['overhead_fraction_median']:.2%} (median) / "
-                  f"{overhead['overhead_fraction_min']:.2%} (min) of the epoch. Its own work, "
+                  f"{overhead['overhead_fraction_min']:.2%} (min) of the epoch. Its own work takes "
                   f"{_seconds(work)} s per epoch ({overhead['iterator_work_fraction']:.1%} of the "
                   "epoch). With `prefetch=2` (the GPU setting: batches assembled ahead in a "
                   "background thread, which on this machine competes with the training for the "

@@ -59,8 +59,7 @@ class BatchIterator:
         prefetch: batches assembled ahead in a background thread; 0 (the default) assembles
             each batch when asked. Worth it when a GPU trains: the CPU is free meanwhile. On a
             2-core machine training on the CPU, the thread competes with the training for the
-            cores (measured in benchmarks/: 5.4 % added to a smoke epoch with ``prefetch=2``
-            against 2.8 % without).
+            cores and adds time instead (measured in ``benchmarks/``, data section).
 
     Example:
         >>> it = BatchIterator(cases, batch_size=2, before=prostate.preprocessing(...))

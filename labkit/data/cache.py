@@ -96,10 +96,8 @@ class CaseCache:
             for key, name in values["arrays"].items():
                 prepared[key] = np.load(path / name, allow_pickle=False)
             return prepared
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None  # damaged entry: prepare the case again
+            return None  # absent (FileNotFoundError) or damaged: prepare the case again
 
     def save(self, case: dict, prepared: dict) -> None:
         """Store ``prepared`` (atomically) and delete older entries of the same case."""

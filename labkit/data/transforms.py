@@ -243,8 +243,9 @@ def map_labels(label: np.ndarray, mapping: dict) -> np.ndarray:
     """
     label = np.asarray(label)
     small_integers = label.size and all(float(key).is_integer() and 0 <= key < 256 for key in mapping)
-    if small_integers and label.min() >= 0 and label.max() < 256:
-        low, high = int(label.min()), int(label.max())
+    bounds = (label.min(), label.max()) if small_integers else None  # one pass each, once
+    if bounds is not None and bounds[0] >= 0 and bounds[1] < 256:
+        low, high = int(bounds[0]), int(bounds[1])
         codes = label.astype(np.uint8)  # keeps the array's memory order: no transposing copy
         if label.dtype.kind in "ub" or np.array_equal(codes, label):
             # Whole numbers in [0, 255]: no sort (np.unique sorts every voxel). When the mapping
