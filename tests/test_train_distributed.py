@@ -142,6 +142,18 @@ def test_a_missing_name_in_the_lab_module_is_named():
         common.lab_attribute(module, ("VNet",), "VNet class")
 
 
+@pytest.mark.torch
+def test_leave_now_flushes_what_was_printed_and_exits_with_the_status():
+    """A torchrun process ends with os._exit (Gloo's threads may still hold tensors at shutdown)."""
+    pytest.importorskip("torch")
+    script = ("import sys\nfrom labkit.train.vnet import leave_now\n"
+              "print('written', end='')\nprint('and said', end='', file=sys.stderr)\nleave_now(3)\n"
+              "print('never')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPOSITORY,
+                            timeout=TIMEOUT_S)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "written", "and said")
+
+
 def test_first_batches_stops_early_and_reports_its_length():
     pytest.importorskip("torch")
     from labkit.train.vnet import FirstBatches

@@ -23,6 +23,7 @@ twin (``RandomFlip`` -> ``Flip``), so a seed replays an augmentation exactly.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -762,17 +763,88 @@ class Affine(Transform):
 
     def __call__(self, case):
         case = dict(case)
+        if self.degrees == 0.0 and self.scale == 1.0:  # the identity: nothing moves
+            for key in self.keys:
+                case[key] = np.asarray(case[key], dtype=np.float32)
+            return case
         matrix = self.matrix()
+        plans = {}  # one sampling plan per (grid, order): the image and its label share the geometry
         for key, order in zip(self.keys, self.orders, strict=True):
             array = np.asarray(case[key], dtype=np.float32)
-            if self.degrees == 0.0 and self.scale == 1.0:  # the identity: nothing moves
-                case[key] = array
-                continue
-            spatial = np.array(array.shape[-self.spatial_dims:])
-            centre = (spatial - 1) / 2
-            offset = centre - matrix @ centre
-            case[key] = affine_in_plane(array, matrix, offset, order)
+            spatial = array.shape[array.ndim - self.spatial_dims:]
+            if (spatial, order) not in plans:
+                centre = (np.array(spatial) - 1) / 2
+                plans[spatial, order] = InPlanePlan(matrix, centre - matrix @ centre, spatial, order)
+            case[key] = plans[spatial, order].apply(array)
         return case
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_grid(nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) index of every pixel of an nx x ny plane, flattened (read-only, cached)."""
+    grid_x, grid_y = np.meshgrid(np.arange(nx, dtype=float), np.arange(ny, dtype=float), indexing="ij")
+    grid_x, grid_y = grid_x.ravel(), grid_y.ravel()
+    grid_x.flags.writeable = grid_y.flags.writeable = False
+    return grid_x, grid_y
+
+
+class InPlanePlan:
+    """Where each output voxel samples its input, for :func:`affine_in_plane`: worked out once
+    for a grid, a matrix and an order, then applied to any number of arrays on that grid.
+
+    In plane: the flat (x, y) source index of each output pixel and its weight, for 1 (nearest)
+    or 4 (linear) neighbours, with the weight 0 for pixels that fall outside. Along the third
+    axis: the scale and offset of one 1D pass.
+    """
+
+    def __init__(self, matrix: np.ndarray, offset: np.ndarray, spatial, order: int):
+        dims = len(offset)
+        if dims == 3 and (np.abs(matrix[2, :2]).max() > 0 or np.abs(matrix[:2, 2]).max() > 0):
+            raise ValueError("affine_in_plane: the third axis must not mix with the first two")
+        self.spatial, self.order = tuple(int(n) for n in spatial), int(order)
+        nx, ny = self.spatial[:2]
+        self.z = (float(matrix[2, 2]), float(offset[2])) if dims == 3 else None
+        grid_x, grid_y = _pixel_grid(nx, ny)
+        source_x = matrix[0, 0] * grid_x + matrix[0, 1] * grid_y + offset[0]
+        source_y = matrix[1, 0] * grid_x + matrix[1, 1] * grid_y + offset[1]
+        tolerance = 1e-9 * max(nx, ny)  # positions on the edge, give or take rounding, are inside
+        inside = ((source_x >= -tolerance) & (source_x <= nx - 1 + tolerance)
+                  & (source_y >= -tolerance) & (source_y <= ny - 1 + tolerance))
+        if self.order == 0:
+            near_x = np.clip(np.floor(source_x + 0.5), 0, nx - 1).astype(np.intp)
+            near_y = np.clip(np.floor(source_y + 0.5), 0, ny - 1).astype(np.intp)
+            self.taps = [(near_x * ny + near_y, inside.astype(np.float32)[:, None])]
+            return
+        low_x = np.clip(np.floor(source_x), 0, max(nx - 2, 0)).astype(np.intp)
+        low_y = np.clip(np.floor(source_y), 0, max(ny - 2, 0)).astype(np.intp)
+        weight_x = np.clip(source_x - low_x, 0, 1) * inside if nx > 1 else np.zeros(nx * ny)
+        weight_y = np.clip(source_y - low_y, 0, 1) if ny > 1 else np.zeros(nx * ny)
+        stay_x = inside - weight_x  # (1 - weight_x), 0 outside
+        high_x, high_y = np.minimum(low_x + 1, nx - 1), np.minimum(low_y + 1, ny - 1)
+        self.taps = [(index_x * ny + index_y, weight.astype(np.float32)[:, None]) for index_x, index_y, weight in (
+            (low_x, low_y, stay_x * (1 - weight_y)), (low_x, high_y, stay_x * weight_y),
+            (high_x, low_y, weight_x * (1 - weight_y)), (high_x, high_y, weight_x * weight_y))]
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """The resampled ``array`` (..., X, Y[, Z]), float32, a new array."""
+        array = np.asarray(array, dtype=np.float32)
+        dims = 3 if self.z is not None else 2
+        if array.shape[array.ndim - dims:] != self.spatial:
+            raise ValueError(f"affine_in_plane: planned for a {self.spatial} grid, got {array.shape}")
+        nx, ny = self.spatial[:2]
+        nz = self.spatial[2] if dims == 3 else 1
+        # (channels, x * y, z): each pixel's column of z values is contiguous, so one gather
+        # moves whole columns.
+        columns = np.ascontiguousarray(array).reshape(-1, nx * ny, nz)
+        out = None
+        for index, weight in self.taps:
+            term = np.take(columns, index, axis=1)
+            term *= weight
+            out = term if out is None else np.add(out, term, out=out)
+        out = out.reshape(array.shape)
+        if dims == 3:  # then the third axis on its own, in one 1D pass
+            out = _resample_axis(out, out.ndim - 1, self.z[0], self.z[1], nz, self.order)
+        return out
 
 
 def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int) -> np.ndarray:
@@ -780,50 +852,15 @@ def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, o
     ``array`` (..., X, Y[, Z]) for a matrix that moves only the first two spatial axes together
     (a rotation in that plane) and scales the third on its own, as :class:`Affine` builds.
 
-    All (x, y) planes of all channels share one set of source positions and weights: 4 gathers
-    of whole z columns (1 for nearest neighbour) instead of one general 3D sampler per channel;
-    then the third axis is resampled on its own, in one 1D pass. Several times faster than
-    ``ndimage.affine_transform`` for the labs' augmentation, with the same values
-    (``tests/test_data_transforms.py``).
+    All (x, y) planes of all channels share one set of source positions and weights
+    (:class:`InPlanePlan`): 4 gathers of whole z columns (1 for nearest neighbour) instead of
+    one general 3D sampler per channel; then the third axis is resampled on its own, in one 1D
+    pass. Several times faster than ``ndimage.affine_transform`` for the labs' augmentation,
+    with the same values (``tests/test_data_transforms.py``).
     """
-    dims = len(offset)
-    if dims == 3 and (np.abs(matrix[2, :2]).max() > 0 or np.abs(matrix[:2, 2]).max() > 0):
-        raise ValueError("affine_in_plane: the third axis must not mix with the first two")
     array = np.asarray(array, dtype=np.float32)
-    spatial = array.shape[array.ndim - dims:]
-    nx, ny = spatial[:2]
-    nz = spatial[2] if dims == 3 else 1
-    # (channels, x * y, z): each pixel's column of z values is contiguous, so one gather
-    # moves whole columns.
-    columns = np.ascontiguousarray(array).reshape(-1, nx * ny, nz)
-    grid_x, grid_y = np.meshgrid(np.arange(nx, dtype=float), np.arange(ny, dtype=float), indexing="ij")
-    source_x = (matrix[0, 0] * grid_x + matrix[0, 1] * grid_y + offset[0]).ravel()
-    source_y = (matrix[1, 0] * grid_x + matrix[1, 1] * grid_y + offset[1]).ravel()
-    tolerance = 1e-9 * max(nx, ny)  # positions on the edge, give or take rounding, are inside
-    inside = ((source_x >= -tolerance) & (source_x <= nx - 1 + tolerance)
-              & (source_y >= -tolerance) & (source_y <= ny - 1 + tolerance))
-    if order == 0:
-        near_x = np.clip(np.floor(source_x + 0.5), 0, nx - 1).astype(np.intp)
-        near_y = np.clip(np.floor(source_y + 0.5), 0, ny - 1).astype(np.intp)
-        out = np.take(columns, near_x * ny + near_y, axis=1)
-        out *= inside.astype(np.float32)[:, None]
-    else:
-        low_x = np.clip(np.floor(source_x), 0, max(nx - 2, 0)).astype(np.intp)
-        low_y = np.clip(np.floor(source_y), 0, max(ny - 2, 0)).astype(np.intp)
-        weight_x = np.clip(source_x - low_x, 0, 1) if nx > 1 else np.zeros(nx * ny)
-        weight_y = np.clip(source_y - low_y, 0, 1) if ny > 1 else np.zeros(nx * ny)
-        high_x, high_y = np.minimum(low_x + 1, nx - 1), np.minimum(low_y + 1, ny - 1)
-        out = None
-        for index_x, index_y, weight in (
-                (low_x, low_y, (1 - weight_x) * (1 - weight_y)), (low_x, high_y, (1 - weight_x) * weight_y),
-                (high_x, low_y, weight_x * (1 - weight_y)), (high_x, high_y, weight_x * weight_y)):
-            term = np.take(columns, index_x * ny + index_y, axis=1)
-            term *= (weight * inside).astype(np.float32)[:, None]
-            out = term if out is None else np.add(out, term, out=out)
-    out = out.reshape(array.shape)
-    if dims == 3:  # then the third axis on its own, in one 1D pass
-        out = _resample_axis(out, out.ndim - 1, matrix[2, 2], offset[2], nz, order)
-    return out
+    spatial = array.shape[array.ndim - len(offset):]
+    return InPlanePlan(matrix, offset, spatial, order).apply(array)
 
 
 class Intensity(Transform):
@@ -837,7 +874,9 @@ class Intensity(Transform):
     def __call__(self, case):
         case = dict(case)
         for key in self.keys:
-            case[key] = (case[key] * self.scale + self.shift).astype(np.float32)
+            out = np.multiply(case[key], np.float32(self.scale), dtype=np.float32)
+            out += np.float32(self.shift)
+            case[key] = out
         return case
 
 

@@ -77,6 +77,28 @@ def stop_processes() -> None:
         dist.destroy_process_group()
 
 
+def leave_now(status: int) -> None:
+    """End a process of a multi-process run at once, with ``status``, skipping the
+    interpreter's clean-up (everything is written and flushed first).
+
+    Why: ``destroy_process_group`` does not stop Gloo's worker threads, and one of them may
+    still be releasing the tensors of the last collective call when Python shuts down. That
+    needs the interpreter lock, which a shutting-down interpreter never hands out, and the
+    C++ runtime then aborts the process (SIGABRT, "terminate called without an active
+    exception": about 1 run in 25 here, seen in a core dump; pytorch/pytorch#179291
+    describes the same). ``multiprocessing`` ends its child processes the same way.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(status)
+
+
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -435,13 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     from labkit.torch_utils import CheckpointError, TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    several = False
     try:
+        several = common.rank_from_environment().world_size > 1
         run(args)
+        status = 0
     except (TrainError, DataError, CheckpointError, TrainingDiverged) as error:
         print(f"labkit.train vnet: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        status = 2
+    if several:
+        leave_now(status)  # see leave_now: Gloo's threads may still be releasing tensors
+    return status
 
 
 __all__ = ["FirstBatches", "Trainer", "build_parser", "case_scores", "gather_scores", "main", "make_batches",
-           "mean_over_ranks", "rank_weight_spread", "restore", "run", "save", "start_processes"]
+           "leave_now", "mean_over_ranks", "rank_weight_spread", "restore", "run", "save", "start_processes"]
