@@ -3,8 +3,8 @@
 TensorFlow only (``run_all.py`` starts this script in its own process, never with PyTorch).
 
 1. ConvLSTM at the stage-1 sizes (the cpu profile's, and the seed's with the batch scaled
-   down): the lab's cell (one fused convolution over ``concat(input, hidden)``, gates i, j, f,
-   o) unrolled over the stage's blocks, against Keras' ConvLSTM2D with the same weights mapped
+   down): the lab's cell (one fused kernel over ``concat(input, hidden)``, gates i, j, f, o,
+   each gate convolved with its quarter of the kernel) unrolled over the stage's blocks, against Keras' ConvLSTM2D with the same weights mapped
    (input and recurrent kernels, gates i, f, c, o, forget bias folded in). Both compiled with
    ``tf.function``; equality of the final hidden and cell states and of the input gradients;
    time per forward + backward. Both start from the same (B, T, H, W, C) sequence: Keras reads
@@ -141,7 +141,8 @@ def convlstm_comparison(namespace, case: dict, repeats: int) -> dict:
         "equal": bool(state_error < 1e-4 and gradient_error < 1e-4),
         "parameters": {"hand_written_cell": int(kernel.size + bias.size),
                        "keras_convlstm2d": int(sum(np.prod(w.shape) for w in peer.weights))},
-        "convolutions_per_step": {"hand_written_cell": 1, "keras_convlstm2d": 8},
+        # one kernel over concat(input, hidden), applied per gate; Keras: 4 input + 4 recurrent
+        "convolutions_per_step": {"hand_written_cell": 4, "keras_convlstm2d": 8},
         "timings": timings,
         "speedup_vs_keras": ratio(timings["keras_convlstm2d"], timings["hand_written_cell"]),
     }

@@ -137,18 +137,25 @@ def data_section(section: dict | None) -> list[str]:
         real = timings["training_epoch"]["median_s"] / per_epoch
         network = timings["training_epoch_premade"]["median_s"] / per_epoch
         work = timings["iterator_work_no_network"]["median_s"] / per_epoch
+        quartiles = overhead.get("paired_difference_fraction_quartiles") or [float("nan")] * 2
         lines += [f"Iterator overhead, smoke profile ({overhead['batches']} batches of {overhead['size']}, "
                   f"the notebook's augmentation on, {overhead['net']}, {overhead['torch_threads']} "
                   f"PyTorch thread(s); medians of {per_epoch}-epoch runs): a training epoch over the "
-                  f"iterator (each batch assembled when asked, as on a CPU) takes {_seconds(real)} s, over the same batches made beforehand "
-                  f"{_seconds(network)} s, so the iterator adds "
-                  f"{overhead['overhead_fraction_median']:.2%} (median) / "
-                  f"{overhead['overhead_fraction_min']:.2%} (min) of the epoch. Its own work takes "
-                  f"{_seconds(work)} s per epoch ({overhead['iterator_work_fraction']:.1%} of the "
-                  "epoch). With `prefetch=2` (the GPU setting: batches assembled ahead in a "
-                  "background thread, which on this machine competes with the training for the "
-                  "cores) it adds "
-                  f"{overhead.get('prefetch_overhead_fraction_median', float('nan')):.2%} (median).", ""]
+                  f"iterator (each batch assembled when asked, as on a CPU) takes {_seconds(real)} s, "
+                  f"of which the loop waits {overhead['overhead_fraction']:.2%} for its batches (median; "
+                  f"at most {overhead.get('overhead_fraction_max', float('nan')):.2%}): that is the "
+                  f"overhead judged. Cross-check: the same loop over the same batches made beforehand "
+                  f"takes {_seconds(network)} s; the difference, paired repeat by repeat, is "
+                  f"{overhead.get('paired_difference_fraction_median', float('nan')):.2%} of the epoch "
+                  f"(median; quartiles {quartiles[0]:.2%} to {quartiles[1]:.2%}: on a shared 2-core "
+                  f"machine two epoch timings differ by a few percent from noise alone). The "
+                  f"iterator's own work takes {_seconds(work)} s per epoch "
+                  f"({overhead['iterator_work_fraction']:.1%} of the epoch). With `prefetch=2` (the "
+                  "GPU setting: batches assembled ahead in a background thread, which on this "
+                  "machine competes with the training for the cores) the loop waits "
+                  f"{overhead.get('wait_fraction_prefetch', float('nan')):.2%} and the epoch takes "
+                  f"{overhead.get('prefetch_overhead_fraction_median', float('nan')):.2%} longer than "
+                  "over premade batches (median).", ""]
     return lines
 
 
