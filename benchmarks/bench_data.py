@@ -381,7 +381,7 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
                        "training_epoch_premade": training_epochs_premade,
                        "training_epoch_prefetch": training_over(ahead, "ahead"),  # as on a GPU: 2 ahead
                        "iterator_work_no_network": iterator_only},
-                      repeats=max(repeats, 15), warmup=1, memory=False)
+                      repeats=3 if config.get("quick") else max(repeats, 15), warmup=1, memory=False)
     real, network = timings["training_epoch"], timings["training_epoch_premade"]
     timed = len(real["times_s"])
     wait_share = [w / t for w, t in zip(waits["in_turn"][-timed:], real["times_s"], strict=True)]

@@ -176,6 +176,29 @@ def test_fast_nifti_reader_equals_nibabel(tmp_path, monkeypatch, suffix, kind, g
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("stored", ["uint8", ">i2", "int16-scaled", "float32"])
+def test_integer_keys_keep_unscaled_integers_and_map_to_the_same_labels(tmp_path, stored):
+    """A label map read with ``integer_keys`` keeps the file's integers when nothing scales them
+    (native byte order, writable), and MapLabels gives exactly what it gives on float32 voxels."""
+    rng = np.random.default_rng(2)
+    values = rng.integers(0, 3, (9, 8, 5))
+    image = nib.Nifti1Image(values.astype(stored.replace("-scaled", "")), np.diag([0.6, 0.6, 3.0, 1.0]))
+    if stored == "int16-scaled":
+        image.header.set_slope_inter(2.0, 0.0)
+    path = tmp_path / "label.nii.gz"
+    nib.save(image, path)
+    kept = T.LoadNifti("label", integer_keys=["label"])({"label": str(path)})["label"]
+    floats = T.LoadNifti("label")({"label": str(path)})["label"]
+    integers_stay = stored in ("uint8", ">i2")
+    assert (kept.dtype.kind in "iu") == integers_stay and kept.dtype.isnative and kept.flags.writeable
+    np.testing.assert_array_equal(kept, floats)
+    mapping = {0: 0, 1: 1, 2: 1, 4: 1}
+    for label in (kept, floats):
+        mapped = T.MapLabels("label", mapping)({"label": label})["label"]
+        assert mapped.dtype == np.float32
+        np.testing.assert_array_equal(mapped, T.map_labels(floats, mapping))
+
+
 def test_fast_nifti_reader_names_a_truncated_file(tmp_path):
     path = tmp_path / "short.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((30, 30, 20), np.float32), np.eye(4)), path)

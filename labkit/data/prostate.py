@@ -123,7 +123,7 @@ def preprocessing(spacing=(1.0, 1.0, 1.0), size=(128, 128, 64), labels: str = "w
         raise ValueError(f"labels must be 'whole' or 'zones', got {labels!r}")
     both = ["image", "label"]
     return [
-        LoadNifti(both, channels={"image": 2, "label": 1}),
+        LoadNifti(both, channels={"image": 2, "label": 1}, integer_keys=["label"]),
         MapLabels("label", LABEL_MAPPINGS[labels]),  # on the small original grid: checks values early
         Reorient(both),
         Resample(["image"], spacing, order=1),

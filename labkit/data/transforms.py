@@ -359,7 +359,10 @@ def _shift_affine(affine: np.ndarray, start) -> np.ndarray:
 class LoadNifti(Transform):
     """Read NIfTI files into channels-first float32 arrays ``(C, X, Y, Z)``.
 
-    Stores ``<key>_meta`` = {path, affine, spacing, shape, grid_affine}. Non-finite voxels
+    Keys in ``integer_keys`` (label maps) keep the file's integer type when the file stores
+    integers without scaling: :class:`MapLabels` then maps them without first converting every
+    voxel to float32 (it returns float32). Stores ``<key>_meta`` = {path, affine, spacing, shape,
+    grid_affine}. Non-finite voxels
     (NaN, Inf) are replaced by 0 with a :class:`DataWarning` naming the file: the rest of the
     scan is still usable. Volumes must share one grid (same shape and affine).
 
@@ -367,18 +370,21 @@ class LoadNifti(Transform):
         keys: case keys holding paths.
         channels: optional {key: expected channel count}; 1 means a 3D file.
         max_mb: refuse volumes larger than this (as float32) with a clear error.
+        integer_keys: keys whose integer voxels stay integers (see above).
     """
 
-    def __init__(self, keys, channels: dict | None = None, max_mb: float | None = None):
+    def __init__(self, keys, channels: dict | None = None, max_mb: float | None = None, integer_keys=()):
         self.keys = _keys(keys)
         self.channels = dict(channels or {})
+        self.integer_keys = tuple(_keys(integer_keys)) if integer_keys else ()
         self._max_mb = MAX_VOLUME_MB if max_mb is None else float(max_mb)  # not in repr: same output
 
     def __call__(self, case):
         case = dict(case)
         for key in self.keys:
             path = os.fspath(case[key])
-            array, affine = _read_nifti(path, self.channels.get(key), self._max_mb)
+            array, affine = _read_nifti(path, self.channels.get(key), self._max_mb,
+                                        keep_integers=key in self.integer_keys)
             case[key] = array
             case[f"{key}_meta"] = {"path": path, "affine": affine, "shape": tuple(array.shape[1:]),
                                    "spacing": tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
@@ -387,8 +393,9 @@ class LoadNifti(Transform):
         return case
 
 
-def _read_nifti(path: str, channels: int | None, max_mb: float):
-    """(float32 array (C, X, Y, Z), affine) of one file, with every failure as a DataError."""
+def _read_nifti(path: str, channels: int | None, max_mb: float, keep_integers: bool = False):
+    """(float32 array (C, X, Y, Z), affine) of one file, with every failure as a DataError;
+    ``keep_integers``: unscaled integer voxels keep their type."""
     import nibabel as nib
 
     if not os.path.isfile(path):
@@ -406,7 +413,7 @@ def _read_nifti(path: str, channels: int | None, max_mb: float):
                         f"than the {max_mb:.0f} MB budget",
                         "crop or downsample it first, or raise LABKIT_MAX_VOLUME_MB if memory allows")
     try:
-        array = _voxels(path, image)
+        array = _voxels(path, image, keep_integers)
     except Exception as error:  # truncated gzip: EOFError, zlib.error, OSError, ValueError
         raise DataError(path, f"the file is damaged or truncated ({type(error).__name__}: {error})",
                         "download or generate it again (`make data` rebuilds synthetic sets)") from None
@@ -420,8 +427,9 @@ def _read_nifti(path: str, channels: int | None, max_mb: float):
     return array, np.asarray(image.affine, dtype=float)
 
 
-def _voxels(path: str, image) -> np.ndarray:
-    """The voxels of ``image`` (opened lazily by nibabel from ``path``) as float32.
+def _voxels(path: str, image, keep_integers: bool = False) -> np.ndarray:
+    """The voxels of ``image`` (opened lazily by nibabel from ``path``) as float32 (or, with
+    ``keep_integers``, in the file's integer type when it stores integers without scaling).
 
     Single-file NIfTI (``.nii``, ``.nii.gz``): the whole file is read and decompressed in one
     call (ISA-L's gzip when the ``isal`` package is installed, about 2x faster than zlib) and
@@ -441,8 +449,11 @@ def _voxels(path: str, image) -> np.ndarray:
         raise EOFError(f"{len(data)} bytes of voxel data, the header asks for "
                        f"{int(offset) + count * dtype.itemsize}")
     voxels = np.frombuffer(data, dtype=dtype, count=count, offset=int(offset))
-    array = voxels.reshape(image.shape, order="F").astype(np.float32)  # keeps the F layout
     slope, intercept = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    unscaled = slope in (None, 1.0) and intercept in (None, 0.0)
+    if keep_integers and dtype.kind in "iub" and unscaled:
+        return voxels.reshape(image.shape, order="F").astype(dtype.newbyteorder("="))  # writable, F layout
+    array = voxels.reshape(image.shape, order="F").astype(np.float32)  # keeps the F layout
     if slope is not None and np.isfinite(slope) and slope not in (0.0, 1.0):
         array *= np.float32(slope)
     if intercept is not None and np.isfinite(intercept) and intercept != 0.0:
