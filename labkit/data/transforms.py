@@ -848,11 +848,15 @@ class InPlanePlan:
         # (channels, x * y, z): each pixel's column of z values is contiguous, so one gather
         # moves whole columns.
         columns = np.ascontiguousarray(array).reshape(-1, nx * ny, nz)
-        out = None
+        out = scratch = None  # two buffers for all the taps: fewer fresh pages to fill
         for index, weight in self.taps:
-            term = np.take(columns, index, axis=1)
-            term *= weight
-            out = term if out is None else np.add(out, term, out=out)
+            if out is None:
+                out = np.take(columns, index, axis=1)
+                out *= weight
+                continue
+            scratch = np.take(columns, index, axis=1, out=scratch, mode="clip")  # valid indices; unbuffered
+            scratch *= weight
+            out += scratch
         if dims == 3:  # then the third axis on its own
             out = _small_matmul(out.reshape(-1, nz), self.z)
         return out.reshape(array.shape)
