@@ -376,7 +376,7 @@ class LoadNifti(Transform):
     def __init__(self, keys, channels: dict | None = None, max_mb: float | None = None, integer_keys=()):
         self.keys = _keys(keys)
         self.channels = dict(channels or {})
-        self.integer_keys = tuple(_keys(integer_keys)) if integer_keys else ()
+        self.integer_keys = _keys(integer_keys)
         self._max_mb = MAX_VOLUME_MB if max_mb is None else float(max_mb)  # not in repr: same output
 
     def __call__(self, case):
@@ -805,7 +805,7 @@ class InPlanePlan:
 
     In plane: the flat (x, y) source index of each output pixel and its weight, for 1 (nearest)
     or 4 (linear) neighbours, with the weight 0 for pixels that fall outside. Along the third
-    axis: the scale and offset of one 1D pass.
+    axis: a small interpolation matrix (:func:`_axis_matrix`).
     """
 
     def __init__(self, matrix: np.ndarray, offset: np.ndarray, spatial, order: int):
@@ -881,21 +881,10 @@ def _axis_matrix(scale: float, offset: float, size: int, order: int) -> np.ndarr
     """:func:`_resample_axis` along an axis of ``size`` voxels (output the same size) as a
     ``(size, size)`` float32 matrix ``M``: ``resampled = values @ M``.
 
-    Column ``j`` holds the weights of output voxel ``j``: one 1 (nearest neighbour, so labels
-    keep their exact values) or two weights that sum to 1 (linear); all 0 outside.
+    Row ``i`` of the identity, resampled, holds the weight of input voxel ``i`` in every output
+    voxel; so ``M`` is the identity resampled along its second axis, by the very same rules.
     """
-    coords = float(scale) * np.arange(size) + float(offset)
-    columns = np.arange(size)
-    weights = np.zeros((size, size), np.float64)
-    if order == 0:
-        weights[np.clip(np.floor(coords + 0.5).astype(np.int64), 0, size - 1), columns] = 1.0
-    else:
-        low = np.clip(np.floor(coords).astype(np.int64), 0, max(size - 2, 0))
-        np.add.at(weights, (low, columns), 1 - (coords - low))
-        if size > 1:
-            np.add.at(weights, (low + 1, columns), coords - low)
-    weights[:, (coords < 0) | (coords > size - 1)] = 0.0
-    return weights.astype(np.float32)
+    return _resample_axis(np.eye(size, dtype=np.float32), 1, scale, offset, size, order)
 
 
 def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int) -> np.ndarray:
@@ -905,8 +894,8 @@ def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, o
 
     All (x, y) planes of all channels share one set of source positions and weights
     (:class:`InPlanePlan`): 4 gathers of whole z columns (1 for nearest neighbour) instead of
-    one general 3D sampler per channel; then the third axis is resampled on its own, in one 1D
-    pass. Several times faster than ``ndimage.affine_transform`` for the labs' augmentation,
+    one general 3D sampler per channel; then the third axis is resampled on its own, with one
+    small matrix product. Several times faster than ``ndimage.affine_transform`` for the labs' augmentation,
     with the same values (``tests/test_data_transforms.py``).
     """
     array = np.asarray(array, dtype=np.float32)
