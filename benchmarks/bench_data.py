@@ -303,26 +303,29 @@ def linear_matches_nilearn(case: dict, spacing) -> dict:
 
 def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     """What the iterator adds to a smoke-profile training epoch (the notebook's augmentation
-    on, PyTorch on the notebook's thread count).
+    on, PyTorch on the notebook's thread count), three ways side by side.
 
-    ``training_epoch``: the training loop over the iterator as the notebook runs it on a CPU
-    (each batch assembled when asked), with the time the loop waits for each batch clocked
-    inside it: that wait, as a share of the epoch, is the overhead judged against the target
-    (everything but the network, measured where it happens). ``training_epoch_premade``: the
-    same loop over the same batches assembled beforehand, so only the network's work is left;
-    the paired difference (real - premade, repeat by repeat, median) is reported beside it as a
-    cross-check that catches costs the wait misses (caches the iterator evicts). A smoke epoch
-    is a few tenths of a second and this machine is shared, so a difference of two epochs
-    moves by several percent from run to run; the clocked wait does not. Each timed unit runs
-    ``EPOCHS_PER_SAMPLE`` epochs. The iterator's own work without a network, and the loop with
-    ``prefetch=2`` (the GPU setting: batches assembled ahead in a background thread), are
-    reported beside it.
+    ``training_epoch``: the training loop over the iterator as the notebook runs it
+    (``prefetch=2``: on Linux a forked worker process assembles the batches ahead and hands them
+    over through shared memory), with the time the loop waits for each batch clocked inside it:
+    that wait, as a share of the epoch, is the overhead judged against the target (everything
+    but the network, measured where it happens). ``training_epoch_in_turn`` (``prefetch=0``:
+    each batch assembled when asked) and ``training_epoch_thread`` (``prefetch=2`` in a
+    background thread) are clocked the same way. ``training_epoch_premade``: the same loop over
+    the same batches assembled beforehand, so only the network's work is left; the paired
+    difference (real - premade, repeat by repeat, median) is reported beside each as a
+    cross-check that catches costs the wait misses (caches the iterator evicts, a worker
+    competing for the memory bus). A smoke epoch is a tenth of a second and this machine is
+    shared, so a difference of two epochs moves by several percent from run to run; the
+    clocked wait does not. Each timed unit runs ``EPOCHS_PER_SAMPLE`` epochs. The iterator's
+    own work without a network is reported beside it.
     """
     import torch
     from lab_code import vnet_augmentation
 
     from labkit import torch_utils
     from labkit.data import BatchIterator, prostate
+    from labkit.data.prefetch import fork_available
     from labkit.profiles import get_profile
 
     threads = torch_utils.cpu_threads()  # as the notebook does: all cores but one
@@ -330,14 +333,16 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     chosen = cases[: settings.max_cases] if settings.max_cases else cases
     epochs = 2 if config.get("quick") else EPOCHS_PER_SAMPLE
 
-    def iterator(prefetch):
+    def iterator(prefetch, prefetch_in="auto"):
         with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
             return BatchIterator(chosen, settings.batch_size,
                                  before=prostate.preprocessing(settings.spacing, settings.image_size),
                                  each_batch=vnet_augmentation(), cache=cache_dir, progress=False,
-                                 prefetch=prefetch)
+                                 prefetch=prefetch, prefetch_in=prefetch_in)
 
-    ahead, in_turn = iterator(2), iterator(0)
+    iterators = {"training_epoch": iterator(2),  # as the notebook: 2 ahead (a process on Linux)
+                 "training_epoch_in_turn": iterator(0),  # each batch made when asked
+                 "training_epoch_thread": iterator(2, "thread")}
     net, net_source = _smoke_net(settings)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
 
@@ -348,13 +353,13 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    waits = {"in_turn": [], "ahead": []}  # seconds the loop waited for batches, per timed unit
+    waits = {name: [] for name in iterators}  # seconds the loop waited for batches, per timed unit
 
-    def training_over(iterator, name):
+    def training_over(name):
         def train():
             waited = 0.0
             for _ in range(epochs):
-                batches = iter(iterator)
+                batches = iter(iterators[name])
                 while True:
                     asked = time.perf_counter()
                     batch = next(batches, None)
@@ -365,6 +370,7 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
             waits[name].append(waited)
         return train
 
+    in_turn = iterators["training_epoch_in_turn"]
     premade = [list(in_turn) for _ in range(epochs)]  # assembled once, untimed
 
     def training_epochs_premade():
@@ -377,31 +383,38 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
             for _batch in in_turn:
                 pass
 
-    timings = compare({"training_epoch": training_over(in_turn, "in_turn"),  # as on a CPU: made when asked
-                       "training_epoch_premade": training_epochs_premade,
-                       "training_epoch_prefetch": training_over(ahead, "ahead"),  # as on a GPU: 2 ahead
-                       "iterator_work_no_network": iterator_only},
-                      repeats=3 if config.get("quick") else max(repeats, 15), warmup=1, memory=False)
-    real, network = timings["training_epoch"], timings["training_epoch_premade"]
-    timed = len(real["times_s"])
-    wait_share = [w / t for w, t in zip(waits["in_turn"][-timed:], real["times_s"], strict=True)]
-    ahead_share = [w / t for w, t in zip(waits["ahead"][-timed:], timings["training_epoch_prefetch"]["times_s"],
-                                         strict=True)]
-    paired = [(r - p) / r for r, p in zip(real["times_s"], network["times_s"], strict=True)]
-    return {"cases": len(chosen), "batches": len(ahead), "epochs_per_sample": epochs,
+    variants = {name: training_over(name) for name in iterators}
+    variants.update({"training_epoch_premade": training_epochs_premade,
+                     "iterator_work_no_network": iterator_only})
+    timings = compare(variants, repeats=3 if config.get("quick") else max(repeats, 15), warmup=1,
+                      memory=False)
+    for it in iterators.values():
+        it.close()
+    network = timings["training_epoch_premade"]
+    ways = {}
+    for name in iterators:
+        times = timings[name]["times_s"]
+        share = [w / t for w, t in zip(waits[name][-len(times):], times, strict=True)]
+        paired = [(r - p) / r for r, p in zip(times, network["times_s"], strict=True)]
+        ways[name] = {"wait_fraction_median": round(float(np.median(share)), 5),
+                      "wait_fraction_max": round(float(np.max(share)), 5),
+                      "paired_difference_fraction_median": round(float(np.median(paired)), 5),
+                      "paired_difference_fraction_quartiles":
+                          [round(float(q), 5) for q in np.percentile(paired, [25, 75])]}
+    judged = ways["training_epoch"]
+    return {"cases": len(chosen), "batches": len(in_turn), "epochs_per_sample": epochs,
             "torch_threads": threads, "net": net_source, "size": list(settings.image_size),
-            "timings": timings,
-            # judged: the share of the epoch the loop spends waiting for the iterator (median)
-            "overhead_fraction": round(float(np.median(wait_share)), 5),
-            "overhead_fraction_max": round(float(np.max(wait_share)), 5),
-            "wait_fraction_prefetch": round(float(np.median(ahead_share)), 5),
-            "paired_difference_fraction_median": round(float(np.median(paired)), 5),
-            "paired_difference_fraction_quartiles": [round(float(q), 5) for q in np.percentile(paired, [25, 75])],
+            "notebook_setting": "prefetch=2, " + ("a forked worker process" if fork_available()
+                                                  else "a background thread (no fork here)"),
+            "timings": timings, "ways": ways,
+            # judged: the share of the epoch the loop spends waiting for its batches, as the
+            # notebook iterates (median)
+            "overhead_fraction": judged["wait_fraction_median"],
+            "overhead_fraction_max": judged["wait_fraction_max"],
+            "paired_difference_fraction_median": judged["paired_difference_fraction_median"],
+            "paired_difference_fraction_quartiles": judged["paired_difference_fraction_quartiles"],
             "iterator_work_fraction": round(timings["iterator_work_no_network"]["median_s"]
-                                            / real["median_s"], 5),
-            "prefetch_overhead_fraction_median": round(
-                (timings["training_epoch_prefetch"]["median_s"] - network["median_s"])
-                / timings["training_epoch_prefetch"]["median_s"], 5)}
+                                            / timings["training_epoch_in_turn"]["median_s"], 5)}
 
 
 def _smoke_net(settings):

@@ -134,28 +134,35 @@ def data_section(section: dict | None) -> list[str]:
     if overhead:
         timings = overhead["timings"]
         per_epoch = overhead.get("epochs_per_sample", 1)
-        real = timings["training_epoch"]["median_s"] / per_epoch
         network = timings["training_epoch_premade"]["median_s"] / per_epoch
         work = timings["iterator_work_no_network"]["median_s"] / per_epoch
-        quartiles = overhead.get("paired_difference_fraction_quartiles") or [float("nan")] * 2
+        ways = overhead.get("ways") or {}
         lines += [f"Iterator overhead, smoke profile ({overhead['batches']} batches of {overhead['size']}, "
                   f"the notebook's augmentation on, {overhead['net']}, {overhead['torch_threads']} "
-                  f"PyTorch thread(s); medians of {per_epoch}-epoch runs): a training epoch over the "
-                  f"iterator (each batch assembled when asked, as on a CPU) takes {_seconds(real)} s, "
-                  f"of which the loop waits {overhead['overhead_fraction']:.2%} for its batches (median; "
-                  f"at most {overhead.get('overhead_fraction_max', float('nan')):.2%}): that is the "
-                  f"overhead judged. Cross-check: the same loop over the same batches made beforehand "
-                  f"takes {_seconds(network)} s; the difference, paired repeat by repeat, is "
-                  f"{overhead.get('paired_difference_fraction_median', float('nan')):.2%} of the epoch "
-                  f"(median; quartiles {quartiles[0]:.2%} to {quartiles[1]:.2%}: on a shared 2-core "
-                  f"machine two epoch timings differ by a few percent from noise alone). The "
-                  f"iterator's own work takes {_seconds(work)} s per epoch "
-                  f"({overhead['iterator_work_fraction']:.1%} of the epoch). With `prefetch=2` (the "
-                  "GPU setting: batches assembled ahead in a background thread, which on this "
-                  "machine competes with the training for the cores) the loop waits "
-                  f"{overhead.get('wait_fraction_prefetch', float('nan')):.2%} and the epoch takes "
-                  f"{overhead.get('prefetch_overhead_fraction_median', float('nan')):.2%} longer than "
-                  "over premade batches (median).", ""]
+                  f"PyTorch thread(s); medians of {per_epoch}-epoch runs, the ways side by side, "
+                  "interleaved). Judged: the share of the epoch the training loop waits for its "
+                  f"batches as the notebook iterates ({overhead.get('notebook_setting', 'prefetch=2')}), "
+                  "clocked inside the loop. Cross-check: the paired difference to the same loop over "
+                  f"the same batches made beforehand ({_seconds(network)} s per epoch); on a shared "
+                  "2-core machine two epoch timings differ by a few percent from noise alone, and "
+                  "premade batches stay in the CPU's cache from one epoch to the next, which fresh "
+                  "batches never do. The iterator's own work without a network takes "
+                  f"{_seconds(work)} s per epoch ({overhead['iterator_work_fraction']:.1%} of an "
+                  "epoch made in turn).", "",
+                  "| way | epoch (s) | loop waits (median / max) | paired difference (median; quartiles) |",
+                  "|---|---|---|---|"]
+        names = {"training_epoch": "`prefetch=2` (the notebook: worker process on Linux)",
+                 "training_epoch_in_turn": "`prefetch=0` (each batch made when asked)",
+                 "training_epoch_thread": "`prefetch=2, prefetch_in='thread'`"}
+        for name, label in names.items():
+            way = ways.get(name)
+            if not way or name not in timings:
+                continue
+            low, high = way["paired_difference_fraction_quartiles"]
+            lines.append(f"| {label} | {_seconds(timings[name]['median_s'] / per_epoch)} | "
+                         f"{way['wait_fraction_median']:.2%} / {way['wait_fraction_max']:.2%} | "
+                         f"{way['paired_difference_fraction_median']:.2%} ({low:.2%} to {high:.2%}) |")
+        lines.append("")
     return lines
 
 

@@ -53,8 +53,9 @@ def test_quick_run_writes_json_markdown_and_png(tiny_prostate_root, tmp_path):
     assert setting["geometry"]["label_dice_min"] >= 0.99
     assert any("oblique" in row["orientation"] for row in setting["geometry"]["cases"])
     overhead = data["epoch_overhead"]
-    assert set(overhead["timings"]) == {"training_epoch", "training_epoch_premade",
-                                        "training_epoch_prefetch", "iterator_work_no_network"}
+    assert set(overhead["timings"]) == {"training_epoch", "training_epoch_in_turn", "training_epoch_thread",
+                                        "training_epoch_premade", "iterator_work_no_network"}
+    assert set(overhead["ways"]) == {"training_epoch", "training_epoch_in_turn", "training_epoch_thread"}
     assert 0 < overhead["overhead_fraction"] <= overhead["overhead_fraction_max"] < 1  # clocked waits
     assert -1 < overhead["paired_difference_fraction_median"] < 1  # a difference of two timings: may be < 0
     assert 0 < overhead["iterator_work_fraction"] < 1

@@ -17,10 +17,13 @@ Randomness is a function of ``(seed, epoch, position)``: the epoch's order comes
 replays epoch ``e`` exactly; with ``rank`` / ``world_size`` each process gets its own share of
 the same order (padded by repeating cases so every rank has as many batches).
 
-With ``prefetch=N`` (for GPU training) a background thread assembles the next N batches while
-the network trains on one (numpy and scipy release the interpreter lock while they work), and
-after an epoch's last batch it starts on the next epoch's first ones. The batches do not depend
-on this: they are the same, in the same order, with ``prefetch=0``.
+With ``prefetch=N`` the next N batches are assembled while the network trains on one, and
+after an epoch's last batch the next epoch's first ones. On Linux a forked worker process does
+it and hands the batches over through shared memory (``labkit.data.prefetch``): it has a core
+and an interpreter of its own, so it helps even a training loop that runs on the CPU. Elsewhere
+(macOS, Windows) a background thread does it, which helps when a GPU trains (numpy and scipy
+release the interpreter lock while they work). The batches do not depend on this: they are the
+same, in the same order, with ``prefetch=0``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from labkit.data import prefetch as process_prefetch
 from labkit.data.cache import CaseCache
 from labkit.data.errors import DataError
 from labkit.data.transforms import Compose, Shuffle
@@ -56,10 +60,16 @@ class BatchIterator:
         drop_last: drop the last, smaller batch.
         rank, world_size: this process's share when training on several GPUs.
         progress: show a progress bar while preparing (never when ``LABKIT_HEADLESS=1``).
-        prefetch: batches assembled ahead in a background thread; 0 (the default) assembles
-            each batch when asked. Worth it when a GPU trains: the CPU is free meanwhile. On a
-            2-core machine training on the CPU, the thread competes with the training for the
-            cores and adds time instead (measured in ``benchmarks/``, data section).
+        prefetch: batches assembled ahead while the network trains; 0 (the default) assembles
+            each batch when asked.
+        prefetch_in: ``"process"`` (a forked worker process: Linux only), ``"thread"`` (a
+            background thread: worth it when a GPU trains; on a CPU-only machine it competes
+            with the training for the interpreter and the cores, measured in ``benchmarks/``,
+            data section) or ``"auto"`` (the default: a process where one can be forked, else a
+            thread). The process gets a copy of the prepared cases when the first epoch starts
+            and the current ``each_batch`` transforms at every epoch; transforms that cannot be
+            pickled (a lambda) stay as they were when it started. ``close()`` ends it (so does
+            garbage collection of the iterator).
 
     Example:
         >>> it = BatchIterator(cases, batch_size=2, before=prostate.preprocessing(...))
@@ -72,7 +82,7 @@ class BatchIterator:
     def __init__(self, cases, batch_size: int, before=(), each_epoch=(), each_batch=(),
                  shuffle: bool = True, seed: int = 0, cache=True, workers: int | None = None,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, progress: bool = True,
-                 prefetch: int = 0):
+                 prefetch: int = 0, prefetch_in: str = "auto"):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= int(rank) < int(world_size):
@@ -87,7 +97,19 @@ class BatchIterator:
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self.prefetch = max(0, int(prefetch))
-        self._ahead = None  # (epoch, [(chunk, future), ...]): the next epoch's first batches
+        if prefetch_in not in ("auto", "process", "thread"):
+            raise ValueError(f"prefetch_in must be 'auto', 'process' or 'thread', got {prefetch_in!r}")
+        if prefetch_in == "process" and not process_prefetch.fork_available():
+            raise ValueError("prefetch_in='process' needs a platform where a worker can be forked "
+                             "(Linux); use 'thread' or 'auto' here")
+        self.prefetch_in = ("process" if process_prefetch.fork_available() else "thread") \
+            if prefetch_in == "auto" else prefetch_in
+        self._ahead = None  # thread: (epoch, [(chunk, future), ...]): the next epoch's first batches
+        self._worker = None  # process: the ProcessPrefetcher, started by the first epoch
+        self._worker_settings = None  # process: what it was forked with
+        self._expect = None  # process: (epoch, token, transforms) it is working on unasked
+        self._expect_key = None
+        self._worker_failed = False  # process: it died once; assemble in turn from then on
         self.cases = prepare_cases(list(cases), self.before, cache=cache, workers=workers,
                                    progress=progress)
 
@@ -126,6 +148,9 @@ class BatchIterator:
 
     def __iter__(self):
         epoch = self.epoch
+        if self.prefetch and self.prefetch_in == "process" and not self._worker_failed:
+            yield from self._iter_in_process(epoch, lambda: self._chunks(epoch))
+            return
         chunks = self._chunks(epoch)
         if self.prefetch == 0:
             for chunk, start in chunks:
@@ -136,18 +161,21 @@ class BatchIterator:
         pending = deque(self._claim_ahead(epoch, chunks))
         submitted = len(pending)
         try:
-            for _ in chunks:
+            for index in range(len(chunks)):
                 while submitted < len(chunks) and len(pending) < self.prefetch + 1:
                     chunk, start = chunks[submitted]
                     pending.append(pool.submit(self._batch, chunk, epoch, start))
                     submitted += 1
-                yield pending.popleft().result()
+                batch = pending.popleft().result()
+                if index == len(chunks) - 1:
+                    # Start on the next epoch while the caller trains on this last batch,
+                    # validates or saves a checkpoint. If the caller then asks for another epoch
+                    # (set_epoch), this work is dropped.
+                    ahead = self._chunks(epoch + 1)[:self.prefetch]
+                    self._ahead = (epoch + 1, [(chunk, pool.submit(self._batch, chunk, epoch + 1, start))
+                                               for chunk, start in ahead])
+                yield batch
             self.epoch = epoch + 1
-            # Start on the next epoch while the caller validates, logs or saves a checkpoint.
-            # If the caller then asks for another epoch (set_epoch), this work is dropped.
-            ahead = self._chunks(epoch + 1)[:self.prefetch]
-            self._ahead = (epoch + 1, [(chunk, pool.submit(self._batch, chunk, epoch + 1, start))
-                                       for chunk, start in ahead])
         finally:
             for future in pending:
                 future.cancel()
@@ -159,32 +187,109 @@ class BatchIterator:
         if ahead is None:
             return []
         ahead_epoch, started = ahead
-        wanted = [chunk for chunk, _ in chunks[:len(started)]]
-        same = ahead_epoch == epoch and len(wanted) == len(started) and all(
-            len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
-            for (mine, _), theirs in zip(started, wanted, strict=True))
-        if same:
+        if ahead_epoch == epoch and _same_chunks([chunk for chunk, _ in started], chunks):
             return [future for _, future in started]
         for _, future in started:
             future.cancel()
         return []
 
+    def _iter_in_process(self, epoch: int, chunks_now):
+        """Batches from the worker process, which runs on into the next epoch by itself."""
+        worker, token = self._worker_for(epoch)
+        index, count = 0, None
+        while count is None or index < count:
+            try:
+                batch, count = worker.get(token, epoch, index)
+            except process_prefetch.WorkerGone as gone:
+                warnings.warn(f"{gone}; assembling the batches in this process from here on",
+                              RuntimeWarning, stacklevel=3)
+                self._worker, self._expect, self._worker_failed = None, None, True
+                for chunk, start in chunks_now()[index:]:
+                    yield self._batch(chunk, epoch, start)
+                break
+            if index == count - 1:
+                # The worker carries on into the next epoch while the caller trains on this
+                # batch, validates or saves a checkpoint; set_epoch() elsewhere drops that work.
+                self._expect = (epoch + 1, token, self._expect_key)
+            if count:
+                yield batch
+            index += 1
+        self.epoch = epoch + 1
+
+    def _worker_for(self, epoch: int):
+        """The worker process, started (again) if the settings changed; and the token under
+        which it delivers ``epoch`` (a new instruction unless it is already on it)."""
+        transforms = _pickled(self.each_batch)
+        settings = (tuple(map(id, self.cases)), tuple(map(id, self.each_epoch)), self.shuffle,
+                    self.seed, self.batch_size, self.drop_last, self.rank, self.world_size,
+                    self.prefetch, None if transforms is not None else id(self.each_batch))
+        worker = self._worker
+        if worker is None or not worker.alive or self._worker_settings != settings:
+            if worker is not None:
+                worker.close()
+            slot = sum(process_prefetch.aligned(self.batch_size * _float32_bytes(self.cases, key))
+                       for key in ("image", "label"))
+            self._worker = worker = process_prefetch.ProcessPrefetcher(self, slot, self.prefetch)
+            self._worker_settings, self._expect = settings, None
+        expect, self._expect = self._expect, None
+        self._expect_key = transforms
+        if expect is not None and expect[0] == epoch and expect[2] == transforms:
+            return worker, expect[1]
+        return worker, worker.start(epoch, transforms)
+
+    def close(self) -> None:
+        """End the worker process (``prefetch_in='process'``); the next epoch starts a new one."""
+        if self._worker is not None:
+            self._worker.close()
+        self._worker, self._expect = None, None
+
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_ahead"] = None  # futures stay with this process
+        state["_ahead"] = None  # futures and the worker process stay with this process
+        state["_worker"] = state["_expect"] = state["_worker_settings"] = None
         return state
 
     def _batch(self, chunk, epoch: int, start: int) -> dict:
-        prepared = []
-        for offset, case in enumerate(chunk):
-            position = (start + offset) * self.world_size + self.rank  # position in the epoch
-            rng = np.random.default_rng([self.seed, epoch, 1, position])
-            prepared.append(self.each_batch(case, rng))
-        batch = {"id": [case.get("id") for case in prepared]}
-        for key in ("image", "label"):
-            if all(key in case for case in prepared):
-                batch[key] = _stack(prepared, key)
-        return batch
+        return _assemble(chunk, epoch, start, self.each_batch, self.seed, self.rank, self.world_size)
+
+
+def _assemble(chunk, epoch: int, start: int, each_batch, seed: int, rank: int, world_size: int) -> dict:
+    """One batch: the ``each_batch`` transforms on every case, then the arrays stacked.
+
+    Every way of iterating (in turn, thread, worker process) calls this, so they agree.
+    """
+    prepared = []
+    for offset, case in enumerate(chunk):
+        position = (start + offset) * world_size + rank  # position in the epoch
+        rng = np.random.default_rng([seed, epoch, 1, position])
+        prepared.append(each_batch(case, rng))
+    batch = {"id": [case.get("id") for case in prepared]}
+    for key in ("image", "label"):
+        if all(key in case for case in prepared):
+            batch[key] = _stack(prepared, key)
+    return batch
+
+
+def _pickled(transforms) -> bytes | None:
+    """The transforms as the worker process receives them; None when they cannot be pickled."""
+    try:
+        return pickle.dumps(transforms, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a lambda, a local function ...
+        return None
+
+
+def _same_chunks(these: list, chunks: list) -> bool:
+    """Whether ``these`` (lists of cases) are the first batches of ``chunks``, case for case."""
+    wanted = [chunk for chunk, _ in chunks[:len(these)]]
+    return len(wanted) == len(these) and all(
+        len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
+        for mine, theirs in zip(these, wanted, strict=True))
+
+
+def _float32_bytes(cases: list, key: str) -> int:
+    """Bytes of the largest ``key`` array among the cases, as float32 (what a batch holds)."""
+    sizes = [np.size(case[key]) for case in cases if key in case]
+    return 4 * int(max(sizes, default=0))
 
 
 def _stack(cases, key) -> np.ndarray:

@@ -174,6 +174,7 @@ def make_batches(settings, seed: int, rank: Rank, workers: int | None, augment: 
     from labkit import paths
     from labkit.data import prostate
     from labkit.data.batching import BatchIterator
+    from labkit.data.prefetch import fork_available
     from labkit.data.transforms import RandomAffine, RandomFlip, RandomIntensity
 
     split = common.split_cases(prostate.load_splits(), settings.max_cases)
@@ -183,7 +184,10 @@ def make_batches(settings, seed: int, rank: Rank, workers: int | None, augment: 
                     RandomAffine(both, orders=(1, 0), degrees=10, scale=(0.9, 1.1)),
                     RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.1, 0.1))] if augment else []
     shard = dict(rank=rank.rank, world_size=rank.world_size, workers=workers, progress=False)
-    prefetch = 2 if torch.cuda.is_available() else 0  # assemble batches while the GPU works
+    # Assemble batches while the network trains: always on a GPU; on the CPU of a one-process run
+    # in a worker process (PyTorch leaves it a core); never in several CPU processes at once.
+    one_cpu_process = rank.world_size == 1 and fork_available()
+    prefetch = 2 if torch.cuda.is_available() or one_cpu_process else 0
     train = BatchIterator(split["train"], settings.batch_size, before=chain, each_batch=augmentation,
                           shuffle=True, seed=seed, prefetch=prefetch, **shard)
     evaluation = {name: BatchIterator(cases, settings.batch_size, before=chain, shuffle=False, **shard)
