@@ -108,7 +108,6 @@ class BatchIterator:
         self._worker = None  # process: the ProcessPrefetcher, started by the first epoch
         self._worker_settings = None  # process: what it was forked with
         self._expect = None  # process: (epoch, token, transforms) it is working on unasked
-        self._expect_key = None
         self._worker_failed = False  # process: it died once; assemble in turn from then on
         self.cases = prepare_cases(list(cases), self.before, cache=cache, workers=workers,
                                    progress=progress)
@@ -195,7 +194,7 @@ class BatchIterator:
 
     def _iter_in_process(self, epoch: int, chunks_now):
         """Batches from the worker process, which runs on into the next epoch by itself."""
-        worker, token = self._worker_for(epoch)
+        worker, token, transforms = self._worker_for(epoch)
         index, count = 0, None
         while count is None or index < count:
             try:
@@ -210,15 +209,16 @@ class BatchIterator:
             if index == count - 1:
                 # The worker carries on into the next epoch while the caller trains on this
                 # batch, validates or saves a checkpoint; set_epoch() elsewhere drops that work.
-                self._expect = (epoch + 1, token, self._expect_key)
+                self._expect = (epoch + 1, token, transforms)
             if count:
                 yield batch
             index += 1
         self.epoch = epoch + 1
 
     def _worker_for(self, epoch: int):
-        """The worker process, started (again) if the settings changed; and the token under
-        which it delivers ``epoch`` (a new instruction unless it is already on it)."""
+        """The worker process, started (again) if the settings changed; the token under which
+        it delivers ``epoch`` (a new instruction unless it is already on it); the transforms it
+        uses, pickled."""
         transforms = _pickled(self.each_batch)
         settings = (tuple(map(id, self.cases)), tuple(map(id, self.each_epoch)), self.shuffle,
                     self.seed, self.batch_size, self.drop_last, self.rank, self.world_size,
@@ -232,10 +232,9 @@ class BatchIterator:
             self._worker = worker = process_prefetch.ProcessPrefetcher(self, slot, self.prefetch)
             self._worker_settings, self._expect = settings, None
         expect, self._expect = self._expect, None
-        self._expect_key = transforms
         if expect is not None and expect[0] == epoch and expect[2] == transforms:
-            return worker, expect[1]
-        return worker, worker.start(epoch, transforms)
+            return worker, expect[1], transforms
+        return worker, worker.start(epoch, transforms), transforms
 
     def close(self) -> None:
         """End the worker process (``prefetch_in='process'``); the next epoch starts a new one."""
