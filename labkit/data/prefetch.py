@@ -83,7 +83,8 @@ class ProcessPrefetcher:
         self._conn, child_end = context.Pipe(duplex=True)
         self._process = context.Process(
             target=_worker_main, name="labkit-batches", daemon=True,
-            args=(iterator, child_end, self._shared, self.slots, self.stride, self._ready, self._free))
+            args=(iterator, child_end, self._conn, os.getpid(), self._shared, self.slots, self.stride,
+                  self._ready, self._free))
         with warnings.catch_warnings():
             # Python 3.12+ warns about forking a process with threads (a Jupyter kernel, PyTorch):
             # the child only runs numpy code and the interpreter, whose locks fork re-creates.
@@ -205,10 +206,12 @@ class _Stop(Exception):
     """The parent asked the worker to end, or is gone."""
 
 
-def _worker_main(iterator, conn, shared, slots: int, stride: int, ready, free) -> None:
+def _worker_main(iterator, conn, parent_end, parent_pid: int, shared, slots: int, stride: int,
+                 ready, free) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = _Worker(iterator, conn, shared, slots, stride, ready, free)
+    parent_end.close()  # this process's copy: with it open, the parent's end would never close
+    worker = _Worker(iterator, conn, parent_pid, shared, slots, stride, ready, free)
     try:
         worker.run()
     except _Stop:
@@ -218,10 +221,10 @@ def _worker_main(iterator, conn, shared, slots: int, stride: int, ready, free) -
 class _Worker:
     """The worker's side: follow the parent's instructions, fill the ring, epoch after epoch."""
 
-    def __init__(self, iterator, conn, shared, slots, stride, ready, free):
+    def __init__(self, iterator, conn, parent_pid, shared, slots, stride, ready, free):
         from labkit.data.batching import _assemble
 
-        self.iterator, self.conn, self.shared = iterator, conn, shared
+        self.iterator, self.conn, self.parent_pid, self.shared = iterator, conn, parent_pid, shared
         self.slots, self.stride, self.ready, self.free = slots, stride, ready, free
         self.assemble = _assemble
         self.token, self.epoch, self.transforms, self.pickled = None, 0, iterator.each_batch, None
@@ -278,8 +281,8 @@ class _Worker:
         while not self.free.acquire(timeout=0.1):
             if self.read_messages(block=False):
                 return False
-            if os.getppid() == 1:
-                raise _Stop
+            if os.getppid() != self.parent_pid:
+                raise _Stop  # the parent is gone (its pipe may still be open in a sibling)
         if self.read_messages(block=False):
             self.free.release()
             return False
