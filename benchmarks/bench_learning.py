@@ -99,7 +99,8 @@ def _learn_vnet(profile, config, budget: float):
     augmentation = vnet_augmentation()
     prepare_start = time.perf_counter()
     train_batches = BatchIterator(train_cases, settings.batch_size, before=chain,
-                                  each_batch=augmentation, seed=profile.seed, progress=False)
+                                  each_batch=augmentation, seed=profile.seed, progress=False,
+                                  prefetch=2)  # as the notebook
     validation_batches = BatchIterator(splits["validation"], settings.batch_size, before=chain,
                                        shuffle=False, progress=False)
     prepare_s = time.perf_counter() - prepare_start
