@@ -108,7 +108,6 @@ class BatchIterator:
         self._worker = None  # process: the ProcessPrefetcher, started by the first epoch
         self._worker_settings = None  # process: what it was forked with
         self._expect = None  # process: (epoch, token, transforms) it is working on unasked
-        self._worker_failed = False  # process: it died once; assemble in turn from then on
         self.cases = prepare_cases(list(cases), self.before, cache=cache, workers=workers,
                                    progress=progress)
 
@@ -147,8 +146,8 @@ class BatchIterator:
 
     def __iter__(self):
         epoch = self.epoch
-        if self.prefetch and self.prefetch_in == "process" and not self._worker_failed:
-            yield from self._iter_in_process(epoch, lambda: self._chunks(epoch))
+        if self.prefetch and self.prefetch_in == "process":
+            yield from self._iter_in_process(epoch)
             return
         chunks = self._chunks(epoch)
         if self.prefetch == 0:
@@ -192,7 +191,7 @@ class BatchIterator:
             future.cancel()
         return []
 
-    def _iter_in_process(self, epoch: int, chunks_now):
+    def _iter_in_process(self, epoch: int):
         """Batches from the worker process, which runs on into the next epoch by itself."""
         worker, token, transforms = self._worker_for(epoch)
         index, count = 0, None
@@ -200,10 +199,10 @@ class BatchIterator:
             try:
                 batch, count = worker.get(token, epoch, index)
             except process_prefetch.WorkerGone as gone:
-                warnings.warn(f"{gone}; assembling the batches in this process from here on",
-                              RuntimeWarning, stacklevel=3)
-                self._worker, self._expect, self._worker_failed = None, None, True
-                for chunk, start in chunks_now()[index:]:
+                warnings.warn(f"{gone}; assembling the batches in this process from here on "
+                              "(later epochs in a background thread)", RuntimeWarning, stacklevel=3)
+                self._worker, self._expect, self.prefetch_in = None, None, "thread"
+                for chunk, start in self._chunks(epoch)[index:]:
                     yield self._batch(chunk, epoch, start)
                 break
             if index == count - 1:

@@ -121,11 +121,13 @@ class ProcessPrefetcher:
             self._seq += 1
             their_token, their_epoch, their_index, count, kind, length = (int(v) for v in self._headers[slot])
             wanted = (their_token, their_epoch, their_index) == (token, epoch, index)
+            meta = None
             try:
-                base = slot * self.stride
-                meta = pickle.loads(self._shared[base + 8 * FIELDS: base + 8 * FIELDS + length]) if length else None
-                if wanted and kind == ARRAYS:
-                    batch = self._copy_out(base + HEADER_BYTES, *meta[:2])
+                if wanted and length:
+                    base = slot * self.stride
+                    meta = pickle.loads(self._shared[base + 8 * FIELDS: base + 8 * FIELDS + length])
+                    if kind == ARRAYS:
+                        batch = self._copy_out(base + HEADER_BYTES, *meta[:2])
             finally:
                 self._free.release()
             if kind in (PIPED, ERROR):
