@@ -292,8 +292,6 @@ def test_separable_resampling_equals_the_general_sampler():
     """The axis-aligned fast path gives what ndimage.affine_transform gives, edges included."""
     from scipy import ndimage
 
-    from labkit.data.transforms import _separable_resample
-
     rng = np.random.default_rng(3)
     for trial in range(120):
         shape = tuple(int(n) for n in rng.integers(1, 20, 3))
@@ -309,7 +307,7 @@ def test_separable_resampling_equals_the_general_sampler():
         for order in (0, 1):
             expected = ndimage.affine_transform(volume, matrix[:3, :3], offset=matrix[:3, 3],
                                                 output_shape=output_shape, order=order, cval=0.0)
-            got = _separable_resample(volume, matrix, output_shape, order)
+            got = T.separable_resample(volume, matrix, output_shape, order)
             np.testing.assert_allclose(got, expected, atol=1e-3, err_msg=f"trial {trial}, order {order}")
 
 
@@ -348,3 +346,16 @@ def test_affine_in_plane_equals_the_general_sampler():
     with pytest.raises(ValueError, match="third axis"):
         T.affine_in_plane(np.zeros((4, 4, 4), np.float32), np.array([[1, 0, 0.1], [0, 1, 0], [0, 0, 1]]),
                           np.zeros(3), 1)
+
+
+def test_importing_the_data_layer_loads_neither_scipy_nor_nibabel():
+    """``import labkit.data`` (and its transforms) stays light: heavy libraries load on use."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, labkit.data, labkit.data.transforms, labkit.data.batching\n"
+            "print(json.dumps([m for m in ('scipy', 'nibabel', 'PIL') if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

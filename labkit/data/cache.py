@@ -125,14 +125,10 @@ class CaseCache:
                           "without it (set LABKIT_CACHE to a writable folder)", stacklevel=2)
 
     def _remove_older(self, case: dict, path: Path) -> None:
-        """Entries of the same case id from older source files (and the old ``.npz`` format)."""
+        """Entries of the same case id from older source files."""
         for old in self.folder.glob(f"{_safe(str(case.get('id')))}-*"):
-            if old == path:
-                continue
-            if old.is_dir() and len(old.name) == len(path.name):  # not the id "c1-x" of "c1"
+            if old != path and old.is_dir() and len(old.name) == len(path.name):  # not "c1-x" of "c1"
                 shutil.rmtree(old, ignore_errors=True)
-            elif old.name.endswith(".npz") and len(old.name) == len(path.name) + 4:
-                old.unlink(missing_ok=True)
 
 
 def _to_json(value):

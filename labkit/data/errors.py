@@ -1,7 +1,8 @@
-"""The one error type the data layer raises for bad input.
+"""The error the data layer raises for bad input, and the warning for input it repaired.
 
 A :class:`DataError` message always says which file, what is wrong with it and what to do,
-so a student can fix the problem without reading a traceback.
+so a student can fix the problem without reading a traceback. This module imports nothing
+heavy: every module (and ``labkit.viz``) can import it.
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class DataError(ValueError):
 
     def __reduce__(self):  # keep the three parts when sent across a process pool
         return (type(self), (self.path, self.problem, self.fix))
+
+
+class DataWarning(UserWarning):
+    """Input was repaired (for example NaN voxels replaced); the message names the file."""

@@ -19,14 +19,8 @@ from pathlib import Path
 from labkit import paths
 from labkit.data import splits
 from labkit.data.errors import NO_DATA_FIX, NO_DATA_HELP, DataError
-from labkit.data.transforms import (
-    CropBlackBorder,
-    FuseMasks,
-    LoadPNG,
-    NormalizeIntensity,
-    Resize,
-    is_junk,
-)
+from labkit.data.readers import LoadPNG, is_junk
+from labkit.data.wrappers import CropBlackBorder, FuseMasks, NormalizeIntensity, Resize
 
 
 def dataset_dir(root=None) -> Path:

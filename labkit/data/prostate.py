@@ -25,15 +25,8 @@ import numpy as np
 from labkit import paths
 from labkit.data import splits
 from labkit.data.errors import NO_DATA_FIX, NO_DATA_HELP, DataError
-from labkit.data.transforms import (
-    CropOrPad,
-    LoadNifti,
-    MapLabels,
-    NormalizeIntensity,
-    Reorient,
-    Resample,
-    is_junk,
-)
+from labkit.data.readers import LoadNifti, is_junk
+from labkit.data.wrappers import CropOrPad, MapLabels, NormalizeIntensity, Reorient, Resample
 
 LABEL_MAPPINGS = {"whole": {0: 0, 1: 1, 2: 1}, "zones": {0: 0, 1: 1, 2: 2}}
 CHANNELS = ("T2", "ADC")
@@ -131,13 +124,6 @@ def preprocessing(spacing=(1.0, 1.0, 1.0), size=(128, 128, 64), labels: str = "w
         NormalizeIntensity(["image"]),
         CropOrPad(both, size),
     ]
-
-
-def image_preprocessing(spacing=(1.0, 1.0, 1.0), size=(128, 128, 64)) -> list:
-    """The same chain for an image without a label (``imagesTs``)."""
-    return [LoadNifti(["image"], channels={"image": 2}), Reorient(["image"]),
-            Resample(["image"], spacing, order=1), NormalizeIntensity(["image"]),
-            CropOrPad(["image"], size)]
 
 
 def to_original_grid(pred, case: dict):
