@@ -303,29 +303,27 @@ def linear_matches_nilearn(case: dict, spacing) -> dict:
 
 def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     """What the iterator adds to a smoke-profile training epoch (the notebook's augmentation
-    on, PyTorch on the notebook's thread count), three ways side by side.
+    on, PyTorch on the notebook's thread count), two ways side by side.
 
     ``training_epoch``: the training loop over the iterator as the notebook runs it
-    (``prefetch=2``: on Linux a forked worker process assembles the batches ahead and hands them
-    over through shared memory), with the time the loop waits for each batch clocked inside it:
-    that wait, as a share of the epoch, is the overhead judged against the target (everything
-    but the network, measured where it happens). ``training_epoch_in_turn`` (``prefetch=0``:
-    each batch assembled when asked) and ``training_epoch_thread`` (``prefetch=2`` in a
-    background thread) are clocked the same way. ``training_epoch_premade``: the same loop over
-    the same batches assembled beforehand, so only the network's work is left; the paired
+    (``prefetch=2``: a background thread assembles the next two batches while the network
+    trains), with the time the loop waits for each batch clocked inside it: that wait, as a
+    share of the epoch, is the overhead judged against the target (everything but the network,
+    measured where it happens). ``training_epoch_in_turn`` (``prefetch=0``: each batch
+    assembled when asked) is clocked the same way. ``training_epoch_premade``: the same loop
+    over the same batches assembled beforehand, so only the network's work is left; the paired
     difference (real - premade, repeat by repeat, median) is reported beside each as a
-    cross-check that catches costs the wait misses (caches the iterator evicts, a worker
-    competing for the memory bus). A smoke epoch is a tenth of a second and this machine is
-    shared, so a difference of two epochs moves by several percent from run to run; the
-    clocked wait does not. Each timed unit runs ``EPOCHS_PER_SAMPLE`` epochs. The iterator's
-    own work without a network is reported beside it.
+    cross-check that catches costs the wait misses (caches the iterator evicts, the thread
+    competing for the cores). A smoke epoch is a tenth of a second and this machine is shared,
+    so a difference of two epochs moves by several percent from run to run; the clocked wait
+    does not. Each timed unit runs ``EPOCHS_PER_SAMPLE`` epochs. The iterator's own work
+    without a network is reported beside it.
     """
     import torch
     from lab_code import vnet_augmentation
 
     from labkit import torch_utils
     from labkit.data import BatchIterator, prostate
-    from labkit.data.prefetch import fork_available
     from labkit.profiles import get_profile
 
     threads = torch_utils.cpu_threads()  # as the notebook does: all cores but one
@@ -333,16 +331,15 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     chosen = cases[: settings.max_cases] if settings.max_cases else cases
     epochs = 2 if config.get("quick") else EPOCHS_PER_SAMPLE
 
-    def iterator(prefetch, prefetch_in="auto"):
+    def iterator(prefetch):
         with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
             return BatchIterator(chosen, settings.batch_size,
                                  before=prostate.preprocessing(settings.spacing, settings.image_size),
                                  each_batch=vnet_augmentation(), cache=cache_dir, progress=False,
-                                 prefetch=prefetch, prefetch_in=prefetch_in)
+                                 prefetch=prefetch)
 
-    iterators = {"training_epoch": iterator(2),  # as the notebook: 2 ahead (a process on Linux)
-                 "training_epoch_in_turn": iterator(0),  # each batch made when asked
-                 "training_epoch_thread": iterator(2, "thread")}
+    iterators = {"training_epoch": iterator(2),  # as the notebook: 2 ahead, in a thread
+                 "training_epoch_in_turn": iterator(0)}  # each batch made when asked
     net, net_source = _smoke_net(settings)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
 
@@ -388,8 +385,6 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
                      "iterator_work_no_network": iterator_only})
     timings = compare(variants, repeats=3 if config.get("quick") else max(repeats, 15), warmup=1,
                       memory=False)
-    for it in iterators.values():
-        it.close()
     network = timings["training_epoch_premade"]
     ways = {}
     for name in iterators:
@@ -404,8 +399,7 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     judged = ways["training_epoch"]
     return {"cases": len(chosen), "batches": len(in_turn), "epochs_per_sample": epochs,
             "torch_threads": threads, "net": net_source, "size": list(settings.image_size),
-            "notebook_setting": "prefetch=2, " + ("a forked worker process" if fork_available()
-                                                  else "a background thread (no fork here)"),
+            "notebook_setting": "prefetch=2, a background thread",
             "timings": timings, "ways": ways,
             # judged: the share of the epoch the loop spends waiting for its batches, as the
             # notebook iterates (median)
