@@ -30,6 +30,7 @@ from labkit.notebook_tools import (
     NotebookError,
     clear_outputs,
     describe_cell,
+    for_each_notebook,
     is_check_cell,
     output_text,
     read_notebook,
@@ -99,17 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     args = parser.parse_args(argv)
     pin_environment("smoke")
-    failures = 0
-    for path in args.notebooks:
+
+    def refresh_one(path: Path) -> str:
         start = time.perf_counter()
-        try:
-            count = refresh(path, args.timeout)
-        except NotebookError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        print(f"{path}: {count} check cell(s) refreshed in {time.perf_counter() - start:.0f} s")
-    return 1 if failures else 0
+        count = refresh(path, args.timeout)
+        return f"{path}: {count} check cell(s) refreshed in {time.perf_counter() - start:.0f} s"
+
+    return for_each_notebook(args.notebooks, refresh_one)
 
 
 if __name__ == "__main__":

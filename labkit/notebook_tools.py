@@ -12,7 +12,10 @@ Conventions (docs/ARCHITECTURE.md, Notebooks):
   (with execution counts 1, 2, 3, ...: nbval rejects stored outputs on a cell without one);
 - the first code cell is tagged ``parameters``; the next code cell, tagged ``setup``, is the
   only setup cell (imports, profile, seeds);
-- cells tagged ``export`` are written to ``labkit/labs/<lab>.py``.
+- exercises are numbered 1, 2, ... in notebook order, one per cell with solution regions
+  (:func:`exercise_cells`);
+- cells tagged ``export`` are written to ``labkit/labs/<lab>.py``, and each exercise's
+  solution (:func:`solution_source`) to ``labkit/labs/<lab>_solutions.py``.
 
 Example:
     >>> regions = solution_regions("x = 1\\n# BEGIN SOLUTION\\ny = 2\\n# END SOLUTION\\n")
@@ -22,16 +25,21 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
 from labkit.io import atomic_write_text
 
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+FAILED_CHECK = re.compile(r": (not yet -|not implemented yet|your code raised )")  # a check's verdict
 PARAMETERS_TAG = "parameters"
 SETUP_TAG = "setup"
 EXPORT_TAG = "export"
@@ -39,11 +47,8 @@ NB_VERSION = 4
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)#\s*BEGIN SOLUTION\b[ \t]*[:\-]?[ \t]*(?P<title>.*?)\s*$")
 _END = re.compile(r"^[ \t]*#\s*END SOLUTION\b")
-_COMMENT = re.compile(r"^[ \t]*#+[ \t]*(?P<text>\S.*?)\s*$")
-_EXERCISE_PREFIX = re.compile(r"^exercise\s*\d*\s*[:.\-\u2013\u2014)]*\s*", re.IGNORECASE)
 _MARKDOWN_EXERCISE = re.compile(r"^#+\s*exercise\s*\d*\s*[:.\-\u2013\u2014)]+\s*(?P<title>.+?)\s*$",
                                 re.IGNORECASE | re.MULTILINE)
-_DIRECTIVE = re.compile(r"^(NBVAL_\w+|noqa\b|type:|pragma\b)", re.IGNORECASE)
 
 
 class NotebookError(ValueError):
@@ -170,39 +175,115 @@ def replace_solutions(source: str, number: int, title: str, where: str = "this c
     return text + "\n" if source.endswith("\n") else text
 
 
-def exercise_title(source: str, markdown_before: str = "") -> str:
-    """A short title for the exercise in ``source``.
+CHECK_LINE = re.compile(r"^Exercise (?P<number>\d+) \((?P<title>.+?)\):")
 
-    Taken from, in order: the nearest ``Exercise N: title`` heading in the markdown above; the
-    cell's leading comment line (an ``Exercise N:`` prefix removed); the first title written on
-    a marker (``# BEGIN SOLUTION: title``); the first comment inside the first solution region;
-    else ``"write your code here"``. A marker's own title still wins for its region
+
+@dataclass(frozen=True)
+class ExerciseCell:
+    """A code cell with solution regions: exercise ``number`` (1, 2, ... in notebook order)."""
+
+    number: int
+    title: str
+    index: int
+    where: str
+    source: str
+
+
+def exercise_cells(notebook, path: str | Path = "notebook") -> list[ExerciseCell]:
+    """Every exercise of ``notebook``: each code cell that holds solution regions, in order.
+
+    The title is the one the next check cell printed (``Exercise 2 (Dice loss): correct``),
+    else the nearest ``Exercise N: title`` markdown heading above the cell, else the first
+    title written on a marker (``# BEGIN SOLUTION: title``), else ``"write your code here"``.
+    A marker's own title still wins for its region in student notebooks
     (:func:`replace_solutions`).
+
+    Raises:
+        NotebookError: unbalanced or nested solution markers (names the notebook and the cell).
     """
-    headings = _MARKDOWN_EXERCISE.findall(markdown_before)
-    if headings:
-        return _clean_title(headings[-1])
-    lines = source.splitlines()
-    for line in lines:
-        comment = _COMMENT.match(line)
-        if comment and not _BEGIN.match(line) and not _DIRECTIVE.match(comment["text"]):
-            return _clean_title(_EXERCISE_PREFIX.sub("", comment["text"]))
-        if line.strip() and not comment:
-            break
-    regions = solution_regions(source)
-    marker_title = next((region.title for region in regions if region.title), "")
-    if marker_title:
-        return _clean_title(marker_title)
-    for line in lines[regions[0].begin + 1:regions[0].end] if regions else []:
-        comment = _COMMENT.match(line)
-        if comment:
-            return _clean_title(comment["text"])
-    return "write your code here"
+    found, markdown = [], ""
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "markdown":
+            markdown += "\n" + source_of(cell)
+        where = describe_cell(path, index, cell)
+        regions = solution_regions(source_of(cell), where) if cell.cell_type == "code" else []
+        if not regions:
+            continue
+        titles = [_title_from_check(notebook.cells, index), *_MARKDOWN_EXERCISE.findall(markdown)[-1:],
+                  *(region.title for region in regions)]
+        title = re.sub(r"[*_`]+", "", next(filter(None, titles), "")).strip().rstrip(".:")[:80]
+        found.append(ExerciseCell(len(found) + 1, title or "write your code here", index, where,
+                                  source_of(cell)))
+        markdown = ""
+    return found
 
 
-def _clean_title(text: str) -> str:
-    text = re.sub(r"[*_`]+", "", text).strip().rstrip(".:")
-    return text[:80] or "write your code here"
+def _title_from_check(cells, index: int) -> str | None:
+    """The title the next check cell printed ("Exercise 2 (Dice loss): correct" -> "Dice loss")."""
+    following = next((cell for cell in cells[index + 1:] if cell.cell_type == "code"), None)
+    if following is None or not is_check_cell(following):
+        return None
+    for output in following.get("outputs", []):
+        match = CHECK_LINE.match(output_text(output))
+        if match:
+            return match["title"]
+    return None
+
+
+def solution_source(source: str, where: str = "this cell") -> str:
+    """What ``ex.solution()`` shows for an exercise cell: its solution code, markers dropped.
+
+    Each solution region comes with the innermost function (or method) around it, so the
+    student sees the whole function filled in; a region outside any function comes alone.
+
+    Example:
+        >>> print(solution_source("import math\\n\\ndef f(x):\\n    # BEGIN SOLUTION\\n    return x\\n"
+        ...                       "    # END SOLUTION\\n"))
+        def f(x):
+            return x
+    """
+    lines, regions = source.splitlines(), solution_regions(source, where)
+    try:
+        functions = [node for node in ast.walk(ast.parse(source))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    except SyntaxError:  # IPython magics: show the regions alone
+        functions = []
+    spans = []
+    for region in regions:
+        around = [(min(item.lineno for item in [node, *node.decorator_list]) - 1,
+                   max(node.end_lineno - 1, region.end))  # the END marker may follow the last statement
+                  for node in functions if node.lineno - 1 < region.begin < node.end_lineno]
+        span = max(around, default=(region.begin, region.end))  # the innermost starts last
+        if not any(start <= span[0] and span[1] <= end for start, end in spans):
+            spans = [(start, end) for start, end in spans if not (span[0] <= start and end <= span[1])]
+            spans.append(span)
+    markers = {line for region in regions for line in (region.begin, region.end)}
+    parts = ["\n".join(lines[number] for number in range(start, end + 1) if number not in markers)
+             for start, end in sorted(spans)]
+    return "\n\n".join(textwrap.dedent(part).strip("\n") for part in parts)
+
+
+def for_each_notebook(paths, action: Callable[[Path], str | None]) -> int:
+    """The main loop of ``make export``, ``student``, ``refresh-checks`` and ``run``.
+
+    Calls ``action(path)`` for each notebook and prints the line it returns; a
+    :class:`NotebookError` is printed as ``error: ...`` on stderr and the next notebook still
+    processed.
+
+    Returns:
+        The exit status: 0 when every notebook went through, else 1.
+    """
+    failures = 0
+    for path in paths:
+        try:
+            message = action(Path(path))
+        except NotebookError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            failures += 1
+            continue
+        if message:
+            print(message, flush=True)
+    return 1 if failures else 0
 
 
 # ---------------------------------------------------------------- outputs
@@ -253,209 +334,3 @@ def lab_name(notebook_path: str | Path) -> str:
         raise NotebookError(f"{notebook_path}: cannot tell the lab from the file name; "
                             "name notebooks NN_<lab>_<topic>.ipynb, e.g. 01_vnet_prostate.ipynb")
     return match.group(1)
-
-
-# ---------------------------------------------------------------- hygiene (tests/test_notebook_hygiene.py)
-
-MAX_NOTEBOOK_BYTES = 2_000_000
-ABSOLUTE_PATH_HINTS = ("/home/", "/work/", "/root/", "/Users/", "C:\\")
-SEEDING_CALLS = re.compile(r"\b(seed_everything|set_random_seed|manual_seed|default_rng|"
-                           r"tf_utils\.configure|configure)\s*\(")
-GLOBAL_NUMPY_RANDOM = re.compile(
-    r"\b(?:np|numpy)\.random\.(?!default_rng\b|Generator\b|SeedSequence\b|PCG64\b|seed\b)(\w+)\s*\(")
-FAILED_CHECK = re.compile(r": (not yet -|not implemented yet|your code raised )")
-HEADER_SECTIONS = ("what you will learn", "time needed", "data")
-FORBIDDEN_IMPORTS = {  # lab -> modules its kernel must never import
-    "vnet": ("tensorflow", "keras", "labkit.tf_utils", "labkit.exercises.cfcm", "labkit.labs.cfcm"),
-    "cfcm": ("torch", "torchvision", "labkit.torch_utils", "labkit.exercises.vnet", "labkit.labs.vnet"),
-}
-_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import\s+([\w., ()]+)|import\s+([\w., ]+))", re.MULTILINE)
-
-
-def hygiene_problems(path: str | Path) -> list[str]:
-    """Everything wrong with a committed notebook, one plain sentence each (empty: clean).
-
-    Checks size, stray outputs and execution counts, absolute paths, seeding, the header cell,
-    the ``parameters`` and ``setup`` cells, exercise/check pairs and framework imports.
-    """
-    path = Path(path)
-    problems = []
-    size = path.stat().st_size if path.is_file() else 0
-    if size > MAX_NOTEBOOK_BYTES:
-        problems.append(f"{path} is {size / 1e6:.1f} MB (limit 2 MB): clear outputs and link big images")
-    notebook = read_notebook(path)
-    for check in (_outputs_problems, _absolute_path_problems, _randomness_problems, _header_problems,
-                  _structure_problems, _exercise_problems, _import_problems):
-        problems.extend(check(path, notebook))
-    return problems
-
-
-def _outputs_problems(path, notebook) -> list[str]:
-    problems = []
-    for index, cell in code_cells(notebook):
-        where = describe_cell(path, index, cell)
-        if not is_check_cell(cell):
-            if cell.get("execution_count") is not None:
-                problems.append(f"{where} has an execution count: clear the outputs before committing "
-                                "(Edit > Clear Outputs of All Cells) or run `make refresh-checks`")
-            if cell.get("outputs"):
-                problems.append(f"{where} has stored outputs but is not a check cell: clear its outputs")
-            continue
-        if cell.get("outputs") and cell.get("execution_count") is None:
-            problems.append(f"{where} stores outputs without an execution count, which nbval rejects "
-                            "('Unrun reference cell has outputs'): run `make refresh-checks`")
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream" and output.get("name") == "stderr":
-                problems.append(f"{where} stores stderr output (a warning?) that nbval will compare: "
-                                "silence it in the check, then run `make refresh-checks`")
-            if output.get("output_type") == "error" or FAILED_CHECK.search(output_text(output)):
-                problems.append(f"{where} stores a failing check ({output_text(output).strip()[:80]!r}): "
-                                "fix the solution above, then run `make refresh-checks`")
-        if not cell.get("outputs"):
-            problems.append(f"{where} is a check cell without a stored output: run `make refresh-checks`")
-    return problems
-
-
-def _strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
-def _absolute_path_problems(path, notebook) -> list[str]:
-    problems = []
-    for index, cell in enumerate(notebook.cells):
-        for text in _strings({"source": cell.get("source"), "outputs": cell.get("outputs", [])}):
-            hint = next((hint for hint in ABSOLUTE_PATH_HINTS if hint in text), None)
-            if hint:
-                problems.append(f"{describe_cell(path, index, cell)} contains an absolute path ({hint}...): "
-                                "use paths relative to the notebook or labkit.paths")
-                break
-    if any(hint in text for text in _strings(dict(notebook.metadata)) for hint in ABSOLUTE_PATH_HINTS):
-        problems.append(f"{path}: the notebook metadata contains an absolute path: remove it")
-    return problems
-
-
-def _randomness_problems(path, notebook) -> list[str]:
-    problems = []
-    for index, cell in code_cells(notebook):
-        for match in GLOBAL_NUMPY_RANDOM.finditer(_code_only(source_of(cell))):
-            problems.append(f"{describe_cell(path, index, cell)} calls np.random.{match.group(1)}() on the "
-                            "global generator: use rng = np.random.default_rng(seed) and rng."
-                            f"{match.group(1)}()")
-    setup = [cell for _, cell in code_cells(notebook) if SETUP_TAG in tags_of(cell)]
-    if setup and not SEEDING_CALLS.search(_code_only(source_of(setup[0]))):
-        problems.append(f"{path}: the setup cell calls no seeding function (seed_everything(...), "
-                        "tf_utils.configure(seed=...), keras.utils.set_random_seed(...))")
-    return problems
-
-
-def _code_only(source: str) -> str:
-    """The source with ``#`` comments cut off each line (good enough for pattern checks)."""
-    return "\n".join(line.split("#", 1)[0] for line in source.splitlines())
-
-
-def _header_problems(path, notebook) -> list[str]:
-    if not notebook.cells or notebook.cells[0].cell_type != "markdown":
-        return [f"{path}: the first cell must be the markdown header (title, What you will learn, "
-                "Time needed, Data)"]
-    text = source_of(notebook.cells[0])
-    problems = []
-    first_line = next((line for line in text.splitlines() if line.strip()), "")
-    if not first_line.startswith("# "):
-        problems.append(f"{path}: the header cell must start with a '# Title' line")
-    sections = _sections(text)
-    for name in HEADER_SECTIONS:
-        if name not in sections:
-            problems.append(f"{path}: the header cell has no '{name.capitalize()}' section "
-                            "(a '## ...' heading or a '**...**' label)")
-    missing = [word for word in ("smoke", "cpu", "gpu")
-               if not re.search(rf"\b{word}\b", sections.get("time needed", ""), re.IGNORECASE)]
-    if "time needed" in sections and missing:
-        problems.append(f"{path}: the 'Time needed' section does not mention the {', '.join(missing)} "
-                        "profile(s)")
-    return problems
-
-
-def _sections(markdown: str) -> dict[str, str]:
-    """Header-cell sections by lower-case name: ``## Name`` headings or ``**Name**`` labels."""
-    sections, name = {}, None
-    for line in markdown.splitlines():
-        heading = re.match(r"^\s*(?:#{2,6}\s*(?P<h>[^#].*?)|\*\*(?P<b>[^*]+?)\*\*:?(?P<rest>.*))\s*$", line)
-        label = heading and (heading["h"] or heading["b"])
-        if label:
-            name = label.strip().rstrip(":").lower().replace("you'll", "you will").replace("\u2019ll", " will")
-            name = next((known for known in HEADER_SECTIONS if name.startswith(known)), name)
-            sections[name] = heading["rest"] or ""
-        elif name is not None:
-            sections[name] += "\n" + line
-    return sections
-
-
-def _structure_problems(path, notebook) -> list[str]:
-    cells = code_cells(notebook)
-    if not cells:
-        return [f"{path}: the notebook has no code cells"]
-    problems = []
-    if PARAMETERS_TAG not in tags_of(cells[0][1]):
-        problems.append(f"{describe_cell(path, *cells[0])} is the first code cell but is not tagged "
-                        "'parameters' (papermill needs it: PROFILE = None, RUN_NAME = ...)")
-    setup = [(index, cell) for index, cell in cells if SETUP_TAG in tags_of(cell)]
-    if len(setup) != 1:
-        problems.append(f"{path}: expected exactly one code cell tagged 'setup' (imports, profile, seeds), "
-                        f"found {len(setup)}")
-    elif len(cells) > 1 and setup[0][0] != cells[1][0]:
-        problems.append(f"{describe_cell(path, *setup[0])} is tagged 'setup' but is not the code cell "
-                        "right after the parameters cell")
-    return problems
-
-
-def _exercise_problems(path, notebook) -> list[str]:
-    problems, previous = [], None
-    for index, cell in code_cells(notebook):
-        where = describe_cell(path, index, cell)
-        try:
-            regions = solution_regions(source_of(cell), where)
-        except NotebookError as error:
-            problems.append(str(error))
-            regions = None
-        if is_check_cell(cell) and not (previous and previous[1]):
-            problems.append(f"{where} is a check cell but the code cell before it has no "
-                            "'# BEGIN SOLUTION' ... '# END SOLUTION' region")
-        previous = (index, regions)
-    return problems
-
-
-def imported_modules(source: str) -> set[str]:
-    """Modules a cell imports (``from a.b import c`` gives ``a.b`` and ``a.b.c``)."""
-    modules = set()
-    for match in _IMPORT.finditer(_code_only(source)):
-        package, names = (match.group(1), match.group(2)) if match.group(1) else ("", match.group(3))
-        if package:
-            modules.add(package)
-        for part in names.replace("(", " ").replace(")", " ").split(","):
-            if part.split():
-                name = part.split()[0]  # "a as b" imports a
-                modules.add(f"{package}.{name}" if package else name)
-    return modules
-
-
-def _import_problems(path, notebook) -> list[str]:
-    try:
-        forbidden = FORBIDDEN_IMPORTS.get(lab_name(path), ())
-    except NotebookError:
-        return []
-    problems = []
-    for index, cell in code_cells(notebook):
-        for module in sorted(imported_modules(source_of(cell))):
-            bad = next((name for name in forbidden if module == name or module.startswith(name + ".")),
-                       None)
-            if bad:
-                problems.append(f"{describe_cell(path, index, cell)} imports {module}: this lab's kernel "
-                                f"must not load {bad}")
-    return problems

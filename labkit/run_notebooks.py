@@ -22,7 +22,13 @@ from pathlib import Path
 
 from labkit import paths
 from labkit.io import atomic_path, atomic_write_text
-from labkit.notebook_tools import NotebookError, describe_cell, read_notebook, tags_of
+from labkit.notebook_tools import (
+    NotebookError,
+    describe_cell,
+    for_each_notebook,
+    read_notebook,
+    tags_of,
+)
 from labkit.profiles import PROFILE_NAMES
 
 KERNEL_NAME = "python3"
@@ -119,24 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-html", action="store_true", help="skip the HTML copies")
     parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
     args = parser.parse_args(argv)
-    failures = []
-    for notebook in args.notebooks:
+
+    def run_one(notebook: Path) -> None:
         try:
             result = run_notebook(notebook, args.out, args.profile, not args.no_html, args.timeout)
-        except NotebookError as error:
-            failures.append(str(error))
-            continue
+        except NotebookError:
+            raise
         except Exception as error:  # the kernel died or would not start: say which notebook
-            failures.append(f"{notebook} could not be run: {type(error).__name__}: {error}")
-            continue
-        status = "FAILED" if result.error else "ok"
-        print(f"{notebook}: {status} in {result.wall_time_s:.1f} s ({args.profile} profile) -> "
-              f"{result.executed}" + (f", {result.html}" if result.html else ""), flush=True)
+            raise NotebookError(f"{notebook} could not be run: {type(error).__name__}: {error}") from error
+        print(f"{notebook}: {'FAILED' if result.error else 'ok'} in {result.wall_time_s:.1f} s "
+              f"({args.profile} profile) -> {result.executed}" + (f", {result.html}" if result.html else ""),
+              flush=True)
         if result.error:
-            failures.append(result.error)
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+            raise NotebookError(result.error)
+
+    return for_each_notebook(args.notebooks, run_one)
 
 
 if __name__ == "__main__":

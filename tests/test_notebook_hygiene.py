@@ -1,6 +1,6 @@
 """Committed notebooks are clean: no stray outputs, no absolute paths, seeded, conventional layout.
 
-The checks live in ``labkit.notebook_tools.hygiene_problems``; here they run on every
+The checks live in ``tests/notebook_rules.py`` (``hygiene_problems``); here they run on every
 ``notebooks/*.ipynb`` and are themselves tested on small fixture notebooks, both ways.
 """
 
@@ -13,8 +13,9 @@ import nbformat
 import pytest
 from nbformat import v4
 from nbval.plugin import get_sanitize_patterns
+from notebook_rules import hygiene_problems, imported_modules
 
-from labkit.notebook_tools import hygiene_problems, imported_modules, write_notebook
+from labkit.notebook_tools import write_notebook
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

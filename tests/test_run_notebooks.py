@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from nbformat import v4
+from notebook_rules import hygiene_problems
 
 from labkit import paths, run_notebooks
-from labkit.notebook_tools import hygiene_problems, output_text, read_notebook, write_notebook
+from labkit.notebook_tools import output_text, read_notebook, write_notebook
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning")
 

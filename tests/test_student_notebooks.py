@@ -47,7 +47,7 @@ def instructor_notebook():
             execution_count=4, outputs=[]),
         v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('Exercise 1 (Dice loss): correct')",
                          execution_count=5, outputs=[run]),
-        v4.new_code_cell("# Exercise 2: pick the learning rate\n# BEGIN SOLUTION\nlr = 1e-3\n# END SOLUTION\n"
+        v4.new_code_cell("# BEGIN SOLUTION: pick the learning rate\nlr = 1e-3\n# END SOLUTION\n"
                          "print(lr)", execution_count=6,
                          outputs=[v4.new_output("stream", name="stdout", text="0.001\n")]),
         v4.new_code_cell(
