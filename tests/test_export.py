@@ -40,13 +40,40 @@ def import_file(path: Path):
 def test_export_writes_tagged_cells_without_markers(tmp_path):
     notebook = lab_notebook(tmp_path / "notebooks")
     written = export.export(notebook, tmp_path / "labs")
-    assert written == tmp_path / "labs" / "vnet.py"
-    text = written.read_text()
+    assert written == [tmp_path / "labs" / "vnet.py", tmp_path / "labs" / "vnet_solutions.py"]
+    text = written[0].read_text()
     assert text.startswith("# generated from notebooks/01_vnet_toy.ipynb by `make export`; edit the notebook")
     assert "SOLUTION" not in text and "not exported" not in text and "PROFILE" not in text
-    assert import_file(written)["scaled"](16) == 8.0
+    assert import_file(written[0])["scaled"](16) == 8.0
     assert text.count("import math") == 1  # each cell imports what it uses; the module once
     assert "\nfrom math import sqrt\n" in text
+
+
+def test_solutions_are_written_with_the_function_around_them(tmp_path):
+    notebook = lab_notebook(tmp_path / "notebooks")
+    parsed = read_notebook(notebook)
+    parsed.cells.insert(3, v4.new_markdown_cell("### Exercise 1: the scale"))
+    parsed.cells.insert(4, v4.new_code_cell("# BEGIN SOLUTION\nSCALE = 2\n# END SOLUTION\nprint(SCALE)"))
+    parsed.cells.insert(5, v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nex.scale.check(SCALE)", outputs=[
+        v4.new_output("stream", name="stdout", text="Exercise 1 (scale): correct\n")]))
+    write_notebook(parsed, notebook)
+    export.export(notebook, tmp_path / "labs")
+    solutions = import_file(tmp_path / "labs" / "vnet_solutions.py")["SOLUTIONS"]
+    assert solutions == {
+        1: ("scale", "SCALE = 2\n"),  # the title the check printed wins over the heading
+        2: ("write your code here",
+            "def scaled(x):\n    return SCALE * sqrt(x) * math.cos(0)\n"),  # the whole function
+    }
+
+
+def test_solution_texts_survive_quotes_and_backslashes(tmp_path):
+    source = "def f():\n    # BEGIN SOLUTION\n    return '''a\\nb''' + '\\\\'\n    # END SOLUTION\n"
+    notebook = write_notebook(v4.new_notebook(cells=[v4.new_code_cell(source)]), tmp_path / "01_vnet_x.ipynb")
+    export.export(notebook, tmp_path / "labs")
+    text = import_file(tmp_path / "labs" / "vnet_solutions.py")["SOLUTIONS"][1][1]
+    namespace = {}
+    exec(text, namespace)
+    assert namespace["f"]() == "a\nb\\"
 
 
 def test_check_passes_when_up_to_date_and_fails_on_drift(tmp_path, capsys):
@@ -65,6 +92,13 @@ def test_check_passes_when_up_to_date_and_fails_on_drift(tmp_path, capsys):
     assert "+SCALE = 3" in error
     assert "SCALE = 2" in (labs / "vnet.py").read_text()  # --check writes nothing
 
+    parsed.cells[2].source = "import math\n\nSCALE = 2"
+    parsed.cells[4].source = parsed.cells[4].source.replace("math.cos(0)", "1")
+    write_notebook(parsed, notebook)
+    assert export.main(["--check", str(notebook), "--labs-dir", str(labs)]) == 1
+    error = capsys.readouterr().err
+    assert "vnet_solutions.py is out of date" in error and "+    return SCALE * sqrt(x) * 1" in error
+
 
 def test_check_fails_when_module_is_missing(tmp_path):
     notebook = lab_notebook(tmp_path / "notebooks")
@@ -79,7 +113,9 @@ def test_notebook_without_export_cells_writes_nothing(tmp_path, capsys):
     assert export.check(path, tmp_path / "labs") is None
     (tmp_path / "labs").mkdir()
     (tmp_path / "labs" / "cfcm.py").write_text("# stale\n")
-    assert "has no cells tagged export" in export.check(path, tmp_path / "labs")
+    (tmp_path / "labs" / "cfcm_solutions.py").write_text("# stale\n")
+    problem = export.check(path, tmp_path / "labs")
+    assert "has no cells tagged export" in problem and "has no solution regions" in problem
 
 
 @pytest.mark.parametrize("source, phrase", [
@@ -116,9 +152,10 @@ def test_course_modules_match_their_notebooks(lab):
     result = subprocess.run([sys.executable, "-m", "labkit.export", "--check", str(notebook)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
-    imported = subprocess.run([sys.executable, "-c", f"import labkit.labs.{lab}"], capture_output=True,
+    modules = f"labkit.labs.{lab}, labkit.labs.{lab}_solutions"
+    imported = subprocess.run([sys.executable, "-c", f"import {modules}"], capture_output=True,
                               text=True, cwd=ROOT, timeout=300, env=_quiet_env())
-    assert imported.returncode == 0, f"labkit/labs/{lab}.py does not import:\n{imported.stderr[-2000:]}"
+    assert imported.returncode == 0, f"{modules} do not import:\n{imported.stderr[-2000:]}"
 
 
 def _quiet_env():
