@@ -77,20 +77,12 @@ def _lab_code():
 # ----------------------------------------------------------------------------------------------
 
 
-def keras_weights(kernel, bias, input_channels: int, forget_bias: float) -> list:
-    """Fused (i, j, f, o) kernel and bias -> ConvLSTM2D's [kernel, recurrent_kernel, bias]."""
-    blocks = np.split(np.asarray(kernel), 4, axis=-1)
-    biases = np.split(np.asarray(bias), 4)
-    order = (0, 2, 1, 3)  # Keras keeps input, forget, candidate (our j), output
-    kernel = np.concatenate([blocks[k] for k in order], axis=-1)
-    bias = np.concatenate([biases[k] + (forget_bias if k == 2 else 0.0) for k in order])
-    return [kernel[:, :, :input_channels], kernel[:, :, input_channels:], bias]
-
-
 def convlstm_comparison(namespace, case: dict, repeats: int) -> dict:
     """Equality and forward + backward time of the lab's cell vs ConvLSTM2D, one stage."""
     import keras
     import tensorflow as tf
+
+    from labkit.exercises.cfcm import keras_weights_from_fused
 
     batch, side, channels = case["batch"], case["side"], case["channels"]
     rng = np.random.default_rng(0)
@@ -103,7 +95,7 @@ def convlstm_comparison(namespace, case: dict, repeats: int) -> dict:
     peer = keras.layers.ConvLSTM2D(channels, kernel.shape[0], padding="same", activation="relu",
                                    recurrent_activation="sigmoid", return_state=True)
     peer.build(sequence.shape)
-    peer.set_weights(keras_weights(kernel, bias, channels, float(cell.forget_bias)))
+    peer.set_weights(keras_weights_from_fused(kernel, bias, channels, float(cell.forget_bias)))
 
     @tf.function
     def ours(inputs, start):

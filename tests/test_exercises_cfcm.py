@@ -1,15 +1,30 @@
-"""Lab 2 exercise checks: a right answer passes, each usual slip gets its own message."""
+"""Lab 2 exercise checks: the notebook's answer passes, each usual slip gets its own message.
+
+The right answers are the notebook's: ``dice_score`` from ``labkit.labs.cfcm`` (an exported
+cell), ``convlstm_step`` and ``carry_state`` from the solutions ``make export`` stored. The
+``make_*`` helpers below only build wrong answers.
+"""
 
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
 from labkit.exercises import cfcm as ex  # noqa: E402
+from labkit.labs import cfcm as lab  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
 
-# ---- Exercise 1: one ConvLSTM step ----------------------------------------------------------
+def notebook_answer(exercise, name):
+    """The function ``name`` from the notebook's solution to ``exercise``."""
+    text = exercise.solution_text()
+    assert text, f"no stored solution for {exercise.label}: run `make export`"
+    namespace = {"tf": tf, "np": np}
+    exec(text, namespace)
+    return namespace[name]
+
+
+# ---- Exercise 2: one ConvLSTM step ----------------------------------------------------------
 def make_step(forget_bias=1.0, activation=tf.nn.relu, order="ijfo", swap_state=False, hidden_from_cell=True):
     def convlstm_step(inputs, state, kernel, bias):
         cell, hidden = tf.split(state, 2, axis=-1)
@@ -23,7 +38,7 @@ def make_step(forget_bias=1.0, activation=tf.nn.relu, order="ijfo", swap_state=F
 
 
 def test_convlstm_step_right_answer_passes(capsys):
-    assert ex.ex_convlstm_step.check(make_step()) is True
+    assert ex.ex_convlstm_step.check(notebook_answer(ex.ex_convlstm_step, "convlstm_step")) is True
     assert "correct - matches keras.layers.ConvLSTM2D" in capsys.readouterr().out
 
 
@@ -71,15 +86,9 @@ def test_fused_mapping_matches_keras_over_several_steps():
     np.testing.assert_allclose(state.numpy()[..., :3], last_cell, atol=1e-5)
 
 
-# ---- Exercise 2: the binarised Dice score ---------------------------------------------------
-def dice_score(pred, label, eps=1e-3):
-    binary = tf.cast(pred > 0.5, tf.float32)
-    overlap = tf.reduce_sum(binary * label, axis=[1, 2, 3])
-    return tf.reduce_mean(2.0 * overlap / (tf.reduce_sum(binary + label, axis=[1, 2, 3]) + eps))
-
-
+# ---- Exercise 1: the binarised Dice score ---------------------------------------------------
 def test_dice_score_right_answer_passes(capsys):
-    assert ex.ex_dice_score.check(dice_score) is True
+    assert ex.ex_dice_score.check(lab.dice_score) is True
     assert "correct" in capsys.readouterr().out
 
 
@@ -124,7 +133,7 @@ def make_carry(relu=True, use_bias=True, swap=False):
 
 
 def test_carry_state_right_answer_passes(capsys):
-    assert ex.ex_carry_state.check(make_carry()) is True
+    assert ex.ex_carry_state.check(notebook_answer(ex.ex_carry_state, "carry_state")) is True
     assert "correct" in capsys.readouterr().out
 
 
@@ -160,3 +169,14 @@ def test_hand_written_transposed_conv_matches_tensorflow():
     bias = rng.normal(size=(5,)).astype(np.float32)
     expected = tf.nn.conv2d_transpose(state, kernel, (2, 6, 4, 5), strides=2).numpy() + bias
     np.testing.assert_allclose(ex.transposed_conv_by_hand(state, kernel, bias), expected, atol=1e-5)
+
+
+def test_solutions_come_from_the_notebook(capsys):
+    from labkit.labs.cfcm_solutions import SOLUTIONS
+
+    for exercise, code in ((ex.ex_dice_score, "def dice_score("), (ex.ex_convlstm_step, "def convlstm_step("),
+                           (ex.ex_carry_state, "def carry_state(")):
+        exercise.solution()
+        output = capsys.readouterr().out
+        assert output.startswith(f"{exercise.label} - one possible solution") and code in output
+        assert SOLUTIONS[exercise.number][0] == exercise.title  # numbered and titled as in the notebook

@@ -1,13 +1,14 @@
-"""Lab 1 self-checks: a right answer passes, typical wrong answers get their message."""
+"""Lab 1 self-checks: the notebook's answer passes, typical wrong answers get their message."""
 
-import math
 
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 
+from labkit.exercises import Exercise  # noqa: E402
 from labkit.exercises import vnet as ex  # noqa: E402
+from labkit.labs import vnet as lab  # noqa: E402
+from labkit.labs.vnet_solutions import SOLUTIONS  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -20,17 +21,9 @@ def _line(capsys, exercise, *args):
 
 
 # ---------------------------------------------------------------- Exercise 1: Dice loss
-def _dice(prob, label, squared=True, eps=1e-5, *, pooled=False, score=False, swap=False):
-    dims = tuple(range(0 if pooled else 1, prob.ndim))
-    overlap = (prob * label).sum(dims)
-    use_squares = squared != swap
-    total = ((prob**2).sum(dims) + (label**2).sum(dims)) if use_squares else (prob.sum(dims) + label.sum(dims))
-    dice = (2 * overlap + eps) / (total + eps)
-    return dice.mean() if score else (1 - dice).mean()
-
-
+# Wrong answers are the notebook's right answer with one slip.
 def test_dice_right_answer_passes(capsys):
-    passed, output = _line(capsys, ex.dice_loss, _dice)
+    passed, output = _line(capsys, ex.dice_loss, lab.dice_loss)
     assert passed and "correct" in output
 
 
@@ -43,15 +36,19 @@ def test_dice_seed_form_with_eps_only_below_passes(capsys):
     assert _line(capsys, ex.dice_loss, seed_style)[0]
 
 
+def _per_case(prob, label, squared=True):
+    return torch.stack([lab.dice_loss(prob[k:k + 1], label[k:k + 1], squared) for k in range(len(prob))])
+
+
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")
 @pytest.mark.parametrize("wrong, message", [
-    (lambda p, g, squared=True: _dice(p, g, squared, score=True), "you returned the Dice score"),
-    (lambda p, g, squared=True: _dice(p, g, squared, swap=True), "uses the other form"),
-    (lambda p, g, squared=True: _dice(p, g, squared, pooled=True), "pooled the whole batch"),
-    (lambda p, g, squared=True: 1 - 2 * (p * g).sum((1, 2, 3, 4)) / ((p**2).sum((1, 2, 3, 4)) + (g**2).sum((1, 2, 3, 4))),
-     "expected a single number"),
-    (lambda p, g, squared=True: float(_dice(p, g, squared)), "returned a float"),
-    (lambda p, g, squared=True: torch.tensor(float(_dice(p, g, squared))), "no gradient flows"),
+    (lambda p, g, squared=True: 1 - lab.dice_loss(p, g, squared), "you returned the Dice score"),
+    (lambda p, g, squared=True: lab.dice_loss(p, g, not squared), "uses the other form"),
+    (lambda p, g, squared=True: lab.dice_loss(p.reshape(1, -1), g.reshape(1, -1), squared),
+     "pooled the whole batch"),
+    (_per_case, "expected a single number"),
+    (lambda p, g, squared=True: float(lab.dice_loss(p, g, squared)), "returned a float"),
+    (lambda p, g, squared=True: torch.tensor(float(lab.dice_loss(p, g, squared))), "no gradient flows"),
 ])
 def test_dice_wrong_answers_get_their_message(capsys, wrong, message):
     passed, output = _line(capsys, ex.dice_loss, wrong)
@@ -76,59 +73,40 @@ def test_dice_not_implemented(capsys):
 
 
 # ---------------------------------------------------------------- Exercise 2: residual block
-class _Block(nn.Module):
-    """The block's __init__ as given in the notebook; subclasses change only forward."""
-
-    def __init__(self, n_stages, in_channels, out_channels, normalization="groupnorm"):
-        super().__init__()
-        layers = []
-        for stage in range(n_stages):
-            layers += [nn.Conv3d(in_channels if stage == 0 else out_channels, out_channels, 3, padding=1),
-                       nn.GroupNorm(math.gcd(out_channels, 8), out_channels)]
-            if stage < n_stages - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.stages = nn.Sequential(*layers)
-        self.skip = (nn.Identity() if in_channels == out_channels else
-                     nn.Sequential(nn.Conv3d(in_channels, out_channels, 1), nn.GroupNorm(math.gcd(out_channels, 8), out_channels)))
-        self.activation = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        return self.activation(self.stages(x) + self.skip(x))
-
-
-class _NoSkip(_Block):
+# Wrong answers: the notebook's block with another forward.
+class _NoSkip(lab.ResidualBlock):
     def forward(self, x):
         return self.activation(self.stages(x))
 
 
-class _ActivationBeforeSum(_Block):
+class _ActivationBeforeSum(lab.ResidualBlock):
     def forward(self, x):
         return self.activation(self.stages(x)) + self.skip(x)
 
 
-class _RawInputSkip(_Block):
+class _RawInputSkip(lab.ResidualBlock):
     def forward(self, x):
         return self.activation(self.stages(x) + x)
 
 
-class _NoActivation(_Block):
+class _NoActivation(lab.ResidualBlock):
     def forward(self, x):
         return self.stages(x) + self.skip(x)
 
 
-class _SkipOnly(_Block):
+class _SkipOnly(lab.ResidualBlock):
     def forward(self, x):
         return self.activation(self.skip(x))
 
 
-class _HalfChannels(_Block):
+class _HalfChannels(lab.ResidualBlock):
     def forward(self, x):
         out = self.activation(self.stages(x) + self.skip(x))
         return out[:, : out.shape[1] // 2]
 
 
 def test_residual_right_answer_passes(capsys):
-    passed, output = _line(capsys, ex.residual_block, _Block)
+    passed, output = _line(capsys, ex.residual_block, lab.ResidualBlock)
     assert passed and "correct" in output
 
 
@@ -147,49 +125,29 @@ def test_residual_wrong_answers_get_their_message(capsys, wrong, message):
 
 
 def test_residual_instance_instead_of_class(capsys):
-    passed, output = _line(capsys, ex.residual_block, _Block(1, 2, 2))
+    passed, output = _line(capsys, ex.residual_block, lab.ResidualBlock(1, 2, 2))
     assert not passed and "pass the class itself" in output
 
 
 # ---------------------------------------------------------------- Exercise 3: accumulation
-def _epoch(step_rule):
-    """A training epoch whose optimiser handling is given by step_rule(index, n, accumulate)."""
-
-    def train_one_epoch(net, batches, optimizer, loss_fn, device="cpu", accumulate=1, divide=True,
-                        clear=True):
-        net.train()
-        for index, batch in enumerate(batches):
-            image = torch.from_numpy(batch["image"])
-            label = torch.from_numpy(batch["label"])
-            loss = loss_fn(torch.sigmoid(net(image)), label)
-            (loss / accumulate if divide else loss).backward()
-            if step_rule(index, len(batches), accumulate):
-                optimizer.step()
-                if clear:
-                    optimizer.zero_grad()
-        return {"loss": 0.0}
-
-    return train_one_epoch
-
-
-_RIGHT = _epoch(lambda index, n, accumulate: (index + 1) % accumulate == 0 or index + 1 == n)
-
-
+# Wrong answers: the notebook's epoch made to step every batch, sum the losses or keep gradients.
 def test_accumulation_right_answer_passes(capsys):
-    passed, output = _line(capsys, ex.accumulation, _RIGHT)
+    passed, output = _line(capsys, ex.accumulation, lab.train_one_epoch)
     assert passed and "correct" in output
 
 
 def _every_batch(net, batches, optimizer, loss_fn, device="cpu", accumulate=1):
-    return _epoch(lambda *_: True)(net, batches, optimizer, loss_fn, device, accumulate)
+    return lab.train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1)
 
 
 def _not_divided(net, batches, optimizer, loss_fn, device="cpu", accumulate=1):
-    return _RIGHT(net, batches, optimizer, loss_fn, device, accumulate, divide=False)
+    summed = lambda prob, label: accumulate * loss_fn(prob, label)  # noqa: E731
+    return lab.train_one_epoch(net, batches, optimizer, summed, device, accumulate)
 
 
 def _never_cleared(net, batches, optimizer, loss_fn, device="cpu", accumulate=1):
-    return _RIGHT(net, batches, optimizer, loss_fn, device, accumulate, clear=False)
+    optimizer.zero_grad = lambda set_to_none=True: None
+    return lab.train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate)
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -203,9 +161,20 @@ def test_accumulation_wrong_answers_get_their_message(capsys, wrong, message):
     assert message in output
 
 
-def test_hints_and_solution_print(capsys):
-    for exercise in (ex.dice_loss, ex.residual_block, ex.accumulation):
+def test_hints_and_solutions_from_the_notebook_print(capsys):
+    for exercise, code in ((ex.dice_loss, "def dice_loss("), (ex.residual_block, "def forward("),
+                           (ex.accumulation, "def train_one_epoch(")):
         exercise.hint(1)
+        assert exercise.label in capsys.readouterr().out
         exercise.solution()
         output = capsys.readouterr().out
-        assert exercise.label in output
+        assert output.startswith(f"{exercise.label} - one possible solution") and code in output
+        assert "SOLUTION" not in output
+        assert SOLUTIONS[exercise.number][0] == exercise.title  # numbered and titled as in the notebook
+
+
+def test_missing_solution_is_a_message_not_a_crash(capsys):
+    Exercise(7, "not in the notebook", lambda answer: None, [], lab="vnet").solution()
+    assert "Exercise 7 (not in the notebook): no stored solution found" in capsys.readouterr().out
+    Exercise(1, "no such lab", lambda answer: None, [], lab="nowhere").solution()
+    assert "run `make export`" in capsys.readouterr().out

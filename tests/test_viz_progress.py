@@ -1,10 +1,15 @@
-"""is_headless and progress: quiet without a front end, tqdm with one."""
+"""is_headless, progress and quiet: tqdm that draws only in a live front end, never in a check."""
 
+import os
+
+import nbformat
 import pytest
+from nbclient import NotebookClient
 
 import labkit.viz.progress_bar as progress_module
+from labkit.exercises import CheckFailed, Exercise
 from labkit.viz import is_headless, progress
-from labkit.viz.progress_bar import SilentBar
+from labkit.viz.progress_bar import quiet
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("yes", True),
@@ -27,21 +32,92 @@ def test_in_a_kernel_the_variable_decides(monkeypatch, value, expected):
 def test_headless_progress_iterates_silently(monkeypatch, capsys):
     monkeypatch.setenv("LABKIT_HEADLESS", "1")
     bar = progress(range(5), desc="train")
-    assert isinstance(bar, SilentBar) and len(bar) == 5
-    assert list(bar) == [0, 1, 2, 3, 4] and bar.n == 5
+    assert len(bar) == 5 and list(bar) == [0, 1, 2, 3, 4]
     with progress(total=3) as manual:
         manual.update(2)
         manual.set_postfix(loss=0.5)
-        assert manual.n == 2 and len(manual) == 3
+        assert len(manual) == 3
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
 
-def test_front_end_progress_is_tqdm(monkeypatch):
-    monkeypatch.setattr(progress_module, "is_headless", lambda: False)
-    from tqdm.auto import tqdm
+def drawn_by(loop) -> str:
+    """What a loop over progress bars writes to the terminal (tqdm draws on stderr)."""
+    import io
+    from contextlib import redirect_stderr
 
-    bar = progress([1, 2, 3], desc="epoch 1", leave=True)
-    assert isinstance(bar, tqdm)
-    assert bar.desc.startswith("epoch 1") and bar.total == 3 and bar.leave is True
-    assert list(bar) == [1, 2, 3]
+    stream = io.StringIO()
+    with redirect_stderr(stream):
+        loop()
+    return stream.getvalue()
+
+
+def test_live_progress_draws_a_bar_and_quiet_silences_it(monkeypatch):
+    monkeypatch.setattr(progress_module, "is_headless", lambda: False)
+
+    def loop():
+        for _ in progress([1, 2, 3], desc="epoch 1", leave=True):
+            pass
+    assert "epoch 1" in drawn_by(loop) and "3/3" in drawn_by(loop)
+    with quiet():
+        assert drawn_by(loop) == ""
+        assert list(progress([1, 2])) == [1, 2]
+    assert "epoch 1" in drawn_by(loop)  # quiet ends with its block
+
+
+def test_live_bar_redraws_at_most_once_a_second(monkeypatch):
+    monkeypatch.setattr(progress_module, "is_headless", lambda: False)
+    assert progress(range(3)).mininterval >= 1.0
+
+
+def check_sum(total):
+    if total([1, 2, 3]) != 6:
+        raise CheckFailed("1 + 2 + 3 is 6")
+
+
+def test_check_prints_only_its_verdict(monkeypatch, capfd):
+    """Bars and prints of the student's code are hidden while it is checked."""
+    monkeypatch.setattr(progress_module, "is_headless", lambda: False)
+
+    def train(batches):
+        print("epoch 1 starts")
+        return sum(progress(batches, desc="train"))
+
+    exercise = Exercise(1, "sum", check_sum, [], lab="none")
+    assert exercise.check(train) is True
+    captured = capfd.readouterr()
+    assert captured.out == "Exercise 1 (sum): correct\n" and captured.err == ""
+    assert "train" in drawn_by(lambda: train([1]))  # the same code draws outside a check
+
+
+CHECK_CELL = """\
+import warnings
+from labkit.exercises import CheckFailed, Exercise
+from labkit.viz import progress
+
+def train(batches):
+    print("training")
+    warnings.warn("a warning on stderr")
+    return sum(progress(batches, desc="train"))
+
+def check_sum(total):
+    if total(range(4)) != 6:
+        raise CheckFailed("0 + 1 + 2 + 3 is 6")
+
+Exercise(1, "sum", check_sum, [], lab="none").check(train)
+"""
+
+
+@pytest.mark.slow
+def test_check_in_a_live_kernel_leaves_one_line_and_the_result():
+    """What nbval compares when a new user runs `pytest --nbval-lax` without LABKIT_HEADLESS."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CHECK_CELL),
+                                               nbformat.v4.new_code_cell("for _ in progress(range(3)):\n"
+                                                                         "    pass")])
+    environment = {key: value for key, value in os.environ.items() if key != "LABKIT_HEADLESS"}
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute(env=environment)
+    check, plain = notebook.cells
+    assert [(output.output_type, output.get("text", output.get("data", {}).get("text/plain")))
+            for output in check.outputs] == [("stream", "Exercise 1 (sum): correct\n"),
+                                             ("execute_result", "True")]
+    assert plain.outputs, "outside a check a live kernel shows the bar"

@@ -31,13 +31,14 @@ GATE_NAMES = ("i (input gate)", "j (update)", "f (forget gate)", "o (output gate
 # ----------------------------------------------------------------------------------------------
 # The trusted peer: keras.layers.ConvLSTM2D with weights mapped from the fused i, j, f, o kernel
 # ----------------------------------------------------------------------------------------------
-def fused_to_keras_weights(kernel, bias, input_channels: int, forget_bias: float = 1.0):
+def keras_weights_from_fused(kernel, bias, input_channels: int, forget_bias: float = 1.0):
     """Map the course's fused ConvLSTM weights to ``keras.layers.ConvLSTM2D`` weights.
 
     The course (and the original CFCM code) convolves ``concat(input, hidden)`` with ONE kernel
     of shape ``(k, k, input_channels + C, 4C)`` whose output channels are the gates in the order
     i, j, f, o, and adds ``forget_bias`` to f at run time. Keras keeps two kernels (one over the
     input, one over the hidden state) with the gates ordered i, f, c (= j), o, and one bias.
+    The exercise checks, the tests and ``benchmarks/bench_cfcm.py`` use this one mapping.
 
     Args:
         kernel: fused kernel, ``(k, k, input_channels + C, 4C)``.
@@ -47,6 +48,9 @@ def fused_to_keras_weights(kernel, bias, input_channels: int, forget_bias: float
 
     Returns:
         ``[kernel, recurrent_kernel, bias]`` for ``ConvLSTM2D.set_weights``.
+
+    Example:
+        >>> layer.set_weights(keras_weights_from_fused(kernel, bias, 3))  # doctest: +SKIP
     """
     kernel = np.asarray(kernel, dtype=np.float32)
     bias = np.asarray(bias, dtype=np.float32)
@@ -57,27 +61,19 @@ def fused_to_keras_weights(kernel, bias, input_channels: int, forget_bias: float
     return [reordered[:, :, :input_channels], reordered[:, :, input_channels:], keras_bias]
 
 
-def keras_convlstm(kernel, bias, input_shape, forget_bias: float = 1.0,
-                   activation: str = "relu") -> keras.layers.ConvLSTM2D:
-    """A built ``keras.layers.ConvLSTM2D`` computing the same step as the fused weights.
+def keras_convlstm_steps(sequence, cell, hidden, kernel, bias, forget_bias=1.0, activation="relu"):
+    """Run ``keras.layers.ConvLSTM2D`` with the fused weights over ``sequence`` (B, T, H, W, Cin).
 
-    ``input_shape`` is the sequence's ``(batch, time, height, width, channels)``.
+    Starts from ``(cell, hidden)``; returns the outputs of every step, the last hidden state
+    and the last cell state as NumPy arrays.
     """
-    input_channels = int(input_shape[-1])
-    filters = int(np.shape(bias)[0]) // 4
-    size = int(np.shape(kernel)[0])
+    sequence = np.asarray(sequence, np.float32)
+    filters, size = int(np.shape(bias)[0]) // 4, int(np.shape(kernel)[0])
     layer = keras.layers.ConvLSTM2D(filters, size, padding="same", activation=activation,
                                     recurrent_activation="sigmoid", return_sequences=True,
                                     return_state=True, dtype="float32")
-    layer.build((None, None, *input_shape[2:4], input_channels))
-    layer.set_weights(fused_to_keras_weights(kernel, bias, input_channels, forget_bias))
-    return layer
-
-
-def keras_convlstm_steps(sequence, cell, hidden, kernel, bias, forget_bias=1.0, activation="relu"):
-    """Run ConvLSTM2D over ``sequence`` (B, T, H, W, Cin) from (cell, hidden); returns outputs, h, c."""
-    sequence = np.asarray(sequence, np.float32)
-    layer = keras_convlstm(kernel, bias, sequence.shape, forget_bias, activation)
+    layer.build((None, None, *sequence.shape[2:]))
+    layer.set_weights(keras_weights_from_fused(kernel, bias, sequence.shape[-1], forget_bias))
     outputs, last_hidden, last_cell = layer(sequence, initial_state=[tf.constant(hidden), tf.constant(cell)])
     return np.asarray(outputs), np.asarray(last_hidden), np.asarray(last_cell)
 
@@ -181,17 +177,6 @@ def _diagnose_step(new_hidden, new_cell, peer_hidden, peer_cell, inputs, cell, h
             raise CheckFailed(f"you split the gates as {used}; the 4C channels are ordered i, j, f, o")
 
 
-def _convlstm_step_solution():
-    return '''
-    def convlstm_step(inputs, state, kernel, bias, forget_bias=1.0):
-        cell, hidden = tf.split(state, 2, axis=-1)
-        features = tf.nn.conv2d(tf.concat([inputs, hidden], axis=-1), kernel, strides=1, padding="SAME") + bias
-        i, j, f, o = tf.split(features, 4, axis=-1)
-        new_cell = tf.sigmoid(f + forget_bias) * cell + tf.sigmoid(i) * tf.nn.relu(j)
-        new_hidden = tf.sigmoid(o) * tf.nn.relu(new_cell)
-        return new_hidden, tf.concat([new_cell, new_hidden], axis=-1)
-    '''
-
 
 ex_convlstm_step = Exercise(
     2, "one ConvLSTM step", check_convlstm_step,
@@ -202,7 +187,7 @@ ex_convlstm_step = Exercise(
         "new_cell = sigmoid(f + forget_bias) * cell + sigmoid(i) * relu(j); "
         "new_hidden = sigmoid(o) * relu(new_cell); new_state = concat([new_cell, new_hidden], -1).",
     ],
-    solution=_convlstm_step_solution(),
+    lab="cfcm",
 )
 
 
@@ -281,13 +266,7 @@ ex_dice_score = Exercise(
         "Per image: 2 * sum(binary * label) / (sum(binary) + sum(label) + eps), summing over axes 1, 2, 3.",
         "binary = tf.cast(pred > 0.5, tf.float32); then tf.reduce_mean of the per-image Dice.",
     ],
-    solution='''
-    def dice_score(pred, label, eps=1e-3):
-        binary = tf.cast(pred > 0.5, tf.float32)
-        overlap = tf.reduce_sum(binary * label, axis=[1, 2, 3])
-        total = tf.reduce_sum(binary ** 2 + label ** 2, axis=[1, 2, 3])
-        return tf.reduce_mean(2.0 * overlap / (total + eps))
-    ''',
+    lab="cfcm",
 )
 
 
@@ -364,15 +343,8 @@ ex_carry_state = Exercise(
         "up = tf.nn.relu(tf.nn.conv2d_transpose(state, kernel, output_shape, strides=2) + bias); "
         "cell, hidden = tf.split(up, 2, axis=-1).",
     ],
-    solution='''
-    def carry_state(state, kernel, bias):
-        shape = tf.shape(state)
-        output_shape = tf.stack([shape[0], 2 * shape[1], 2 * shape[2], tf.shape(kernel)[2]])
-        up = tf.nn.conv2d_transpose(state, kernel, output_shape, strides=2, padding="SAME") + bias
-        cell, hidden = tf.split(tf.nn.relu(up), 2, axis=-1)
-        return cell, hidden
-    ''',
+    lab="cfcm",
 )
 
-__all__ = ["ex_carry_state", "ex_convlstm_step", "ex_dice_score", "fused_to_keras_weights",
-           "keras_convlstm", "keras_convlstm_steps", "transposed_conv_by_hand"]
+__all__ = ["ex_carry_state", "ex_convlstm_step", "ex_dice_score", "keras_convlstm_steps",
+           "keras_weights_from_fused", "transposed_conv_by_hand"]

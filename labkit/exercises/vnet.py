@@ -125,17 +125,7 @@ dice_loss = Exercise(
         "(prob ** 2).sum(dims) + (label ** 2).sum(dims), the plain form by prob.sum(dims) + label.sum(dims).",
         "Add eps to numerator and denominator, then return (1 - dice).mean().",
     ],
-    solution="""
-    def dice_loss(prob, label, squared=True, eps=1e-5):
-        dims = tuple(range(1, prob.ndim))
-        overlap = (prob * label).sum(dims)
-        if squared:
-            total = (prob * prob).sum(dims) + (label * label).sum(dims)
-        else:
-            total = prob.sum(dims) + label.sum(dims)
-        dice = (2 * overlap + eps) / (total + eps)
-        return (1 - dice).mean()
-    """,
+    lab="vnet",
 )
 
 
@@ -226,10 +216,7 @@ residual_block = Exercise(
         "self.stages(x) and self.skip(x) have the same shape; add them.",
         "return self.activation(self.stages(x) + self.skip(x))",
     ],
-    solution="""
-    def forward(self, x):
-        return self.activation(self.stages(x) + self.skip(x))
-    """,
+    lab="vnet",
 )
 
 
@@ -316,14 +303,7 @@ accumulation = Exercise(
         "(index + 1) % accumulate == 0: scaler.step(optimizer); scaler.update(); "
         "optimizer.zero_grad()",
     ],
-    solution="""
-        loss = loss_fn(prob, label) / accumulate
-        scaler.scale(loss).backward()
-        if (index + 1) % accumulate == 0 or index + 1 == len(batches):
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-    """,
+    lab="vnet",
 )
 
 __all__ = ["accumulation", "dice_loss", "residual_block"]

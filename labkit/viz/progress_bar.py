@@ -1,79 +1,54 @@
-"""Progress bars: tqdm in a front end, silent when headless."""
+"""Progress bars: tqdm, switched off when headless and while an exercise check runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from labkit.viz.display import is_headless
 
+REDRAW_SECONDS = 1.0  # a live bar redraws at most this often, so drawing never slows the loop
+_quiet_depth = 0
 
-class SilentBar:
-    """What :func:`progress` gives when headless: iterates, counts, and prints nothing.
 
-    It has the tqdm methods a training loop calls (``update``, ``set_postfix``,
-    ``set_description``, ``close``) and works as a context manager.
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence every :func:`progress` bar made inside this block (``Exercise.check`` uses it).
+
+    Example:
+        >>> with quiet():
+        ...     bar = progress(range(3))
+        >>> bar.disable
+        True
     """
-
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None):
-        self.iterable = iterable
-        self.total = total if total is not None else _length(iterable)
-        self.n = 0
-
-    def __iter__(self):
-        for item in self.iterable if self.iterable is not None else ():
-            yield item
-            self.n += 1
-
-    def __len__(self) -> int:
-        if self.total is None:
-            raise TypeError("this progress bar has no length")
-        return self.total
-
-    def update(self, count: int = 1) -> None:
-        self.n += count
-
-    def set_postfix(self, *args, **kwargs) -> None:
-        pass
-
-    def set_description(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
+    global _quiet_depth
+    _quiet_depth += 1
+    try:
+        yield
+    finally:
+        _quiet_depth -= 1
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None,
-             leave: bool = False):
-    """Wrap ``iterable`` in a progress bar (``tqdm.auto``) when a front end is watching.
+             leave: bool = False, **options):
+    """Wrap ``iterable`` in a ``tqdm.auto`` bar, disabled when headless or inside :func:`quiet`.
+
+    A disabled bar still iterates and has every tqdm method (``update``, ``set_postfix``, ...);
+    it just draws nothing.
 
     Args:
         iterable: what to loop over; None for a bar moved by hand with ``bar.update(n)``.
         total: the number of steps when ``len(iterable)`` does not exist.
         desc: a short label in front of the bar (e.g. ``"epoch 3"``).
         leave: keep the finished bar on screen.
-
-    Returns:
-        A tqdm bar, or a :class:`SilentBar` with the same methods when headless.
+        **options: more tqdm options (``unit="case"``, ...).
 
     Example:
         >>> for batch in progress(batches, desc="train"):
         ...     pass
     """
-    if is_headless():
-        return SilentBar(iterable, total)
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=leave)
-
-
-def _length(iterable) -> int | None:
-    try:
-        return len(iterable)
-    except TypeError:
-        return None
+    options.setdefault("mininterval", REDRAW_SECONDS)
+    return tqdm(iterable, total=total, desc=desc, leave=leave,
+                disable=bool(_quiet_depth) or is_headless(), **options)
