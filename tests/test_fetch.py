@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from labkit import archives
 from labkit import fetch as fetch_module
 from labkit.fetch import FetchBusy, FetchError, fetch, lock_path, parse_checksum
 from labkit.paths import LUNG_DIR, PROSTATE_DIR, SYNTHETIC_MARKER
@@ -629,7 +630,7 @@ def disk_full_after(calls_allowed):
 def test_disk_full_during_download(server, prostate_tar, tmp_path, monkeypatch, capsys):
     archive, _ = prostate_tar
     server.files["Task05_Prostate.tar"] = archive.read_bytes()
-    monkeypatch.setattr(fetch_module, "_write", disk_full_after(0))
+    monkeypatch.setattr(archives, "write_chunk", disk_full_after(0))
     root = tmp_path / "data"
 
     status = run_cli("fetch_prostate", "--root", str(root), "--checksum", md5(archive),
@@ -644,7 +645,7 @@ def test_disk_full_during_download(server, prostate_tar, tmp_path, monkeypatch, 
 def test_disk_full_during_extraction(server, montgomery_zip, tmp_path, monkeypatch):
     archive, files = montgomery_zip
     server.files["NLM-MontgomeryCXRSet.zip"] = archive.read_bytes()
-    monkeypatch.setattr(fetch_module, "_write", disk_full_after(2))  # 1 download chunk, 1 file
+    monkeypatch.setattr(archives, "write_chunk", disk_full_after(2))  # 1 download chunk, 1 file
 
     with pytest.raises(FetchError, match="disk full while extracting .*partial output was removed"):
         fetch(MONTGOMERY, tmp_path, url=server.url("NLM-MontgomeryCXRSet.zip"),
@@ -654,7 +655,7 @@ def test_disk_full_during_extraction(server, montgomery_zip, tmp_path, monkeypat
     kept = tmp_path / "downloads" / "NLM-MontgomeryCXRSet.zip"
     assert kept.read_bytes() == archive.read_bytes()  # verified archive kept for the next run
 
-    monkeypatch.setattr(fetch_module, "_write", lambda handle, chunk: handle.write(chunk))
+    monkeypatch.setattr(archives, "write_chunk", lambda handle, chunk: handle.write(chunk))
     fetch(MONTGOMERY, tmp_path, url=server.url("NLM-MontgomeryCXRSet.zip"),
           checksum=sha256(archive), progress=False, say=lambda message: None)
     assert len(server.requests) == 1  # the second run reused the verified archive
