@@ -15,22 +15,26 @@ Chest X-ray: attenuation of body, lungs, heart, spine, ribs and clavicles, turne
 12-bit radiograph; the left and right lung masks are the labels.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so a seed gives the same
-set on every machine. ``write_prostate_set`` / ``write_lung_set`` build a whole data set in a
-temporary folder beside the target and rename it into place when complete.
+set on every machine. ``write_prostate_set`` / ``write_lung_set`` write a whole set atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from labkit.data.batching import default_workers
+from labkit.io import atomic_dir
 from labkit.paths import LUNG_DIR, PROSTATE_DIR, SYNTHETIC_MARKER
 
 MARKER_TEXT = (
@@ -40,17 +44,9 @@ MARKER_TEXT = (
 )
 
 
-# ----------------------------------------------------------------------------------------------
-# Shared helpers
-# ----------------------------------------------------------------------------------------------
-
-
 def smooth_field(rng: np.random.Generator, shape, coarse_shape) -> np.ndarray:
-    """A smooth random field (about zero mean, unit spread) of ``shape``.
-
-    Gaussian noise on a coarse grid, spread out with separable Gaussian weights, one axis at a
-    time: cheap even for large volumes.
-    """
+    """A smooth random field (about zero mean, unit spread) of ``shape``: Gaussian noise on a
+    coarse grid, spread out with separable Gaussian weights, one axis at a time."""
     field = rng.standard_normal(coarse_shape).astype(np.float32)
     for axis, (size, nodes) in enumerate(zip(shape, coarse_shape, strict=True)):
         position = (np.arange(size, dtype=np.float32) + 0.5) / size * nodes - 0.5
@@ -60,23 +56,28 @@ def smooth_field(rng: np.random.Generator, shape, coarse_shape) -> np.ndarray:
     return field / max(float(field.std()), 1e-6)
 
 
-def _publish_folder(build, target: Path) -> None:
-    """Call ``build(folder)`` on a temporary folder beside ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
-    try:
-        build(temporary)
-        (temporary / SYNTHETIC_MARKER).write_text(MARKER_TEXT, encoding="utf-8")
-        temporary.chmod(0o755)  # mkdtemp makes it private
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+def _write_set(dataset_dir, folders, files: dict, function, jobs, workers, progress) -> Path:
+    """Make ``folders`` and ``files`` ({name: text}) in a temporary folder beside
+    ``dataset_dir``, run ``function((folder, *job))`` for every job (in a process pool when there
+    are cores to spare; each job draws from its own seeded generator, so the set does not depend
+    on the pool), add the synthetic marker, then rename the folder into place."""
+    workers = default_workers() if workers is None else max(1, int(workers))
+    parallel = workers > 1 and len(jobs) >= 4  # fork on Linux: workers run numpy, scipy, nibabel
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with atomic_dir(dataset_dir) as folder, \
+            (ProcessPoolExecutor(workers, mp_context=context) if parallel else nullcontext()) as pool:
+        for sub in folders:
+            (folder / sub).mkdir(parents=True)
+        jobs = [(folder,) + tuple(job) for job in jobs]
+        done = pool.map(function, jobs) if parallel else map(function, jobs)
+        for _ in progress(done, len(jobs)) if progress else done:
+            pass
+        for name, text in dict(files, **{SYNTHETIC_MARKER: MARKER_TEXT}).items():
+            (folder / name).write_text(text, encoding="utf-8")
+    return Path(dataset_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# Prostate MRI
-# ----------------------------------------------------------------------------------------------
+# ---- prostate MRI ----
 
 
 @dataclass(frozen=True)
@@ -96,19 +97,10 @@ TINY_PROSTATE = ProstateGeometry(in_plane_sizes=(40, 48), slices=(10, 12),
 
 # (T2-like, ADC-like in 1e-6 mm^2/s) per tissue; ADC is quantitative, T2 is arbitrary units.
 TISSUES = {
-    "air": (7.5, 30.0),
-    "fat": (425.0, 200.0),
-    "muscle": (145.0, 1450.0),
-    "bone": (45.0, 350.0),
-    "marrow": (280.0, 650.0),
-    "bladder": (575.0, 2800.0),
-    "rectal_wall": (130.0, 1300.0),
-    "rectal_fluid": (450.0, 2400.0),
-    "capsule": (105.0, 1150.0),
-    "stroma": (125.0, 1100.0),
-    "peripheral": (320.0, 1700.0),
-    "transition": (200.0, 1250.0),
-    "lesion": (165.0, 800.0),
+    "air": (7.5, 30.0), "fat": (425.0, 200.0), "muscle": (145.0, 1450.0), "bone": (45.0, 350.0),
+    "marrow": (280.0, 650.0), "bladder": (575.0, 2800.0), "rectal_wall": (130.0, 1300.0),
+    "rectal_fluid": (450.0, 2400.0), "capsule": (105.0, 1150.0), "stroma": (125.0, 1100.0),
+    "peripheral": (320.0, 1700.0), "transition": (200.0, 1250.0), "lesion": (165.0, 800.0),
 }
 
 
@@ -122,18 +114,9 @@ def _prostate_affine(rng, geometry: ProstateGeometry):
     spacing = np.array([in_plane, in_plane, thickness])
     shape = (size, size, slices)
     affine = np.diag(list(signs * spacing) + [1.0])
-    scanner_centre = rng.uniform(-30, 30, size=3)
-    grid_centre = (np.array(shape) - 1) / 2.0
-    affine[:3, 3] = scanner_centre - affine[:3, :3] @ grid_centre
+    scanner_centre = rng.uniform(-30, 30, size=3)  # where the grid's centre lies
+    affine[:3, 3] = scanner_centre - affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
     return shape, affine, spacing
-
-
-def _world_axes(shape, affine):
-    """World coordinates (mm) along each axis, shaped to broadcast (diagonal affines only)."""
-    x = affine[0, 0] * np.arange(shape[0], dtype=np.float32) + affine[0, 3]
-    y = affine[1, 1] * np.arange(shape[1], dtype=np.float32) + affine[1, 3]
-    z = affine[2, 2] * np.arange(shape[2], dtype=np.float32) + affine[2, 3]
-    return x[:, None, None], y[None, :, None], z[None, None, :]
 
 
 def _ellipsoid(u, v, w, centre, radii):
@@ -149,7 +132,10 @@ def _prostate_anatomy(rng, shape, affine):
         (masks, label): ``masks`` maps tissue name to a boolean array painted in order
         (later entries cover earlier ones); ``label`` is uint8 (0 bg, 1 PZ, 2 TZ).
     """
-    x, y, z = _world_axes(shape, affine)
+    # world coordinates (mm) along each axis, shaped to broadcast (diagonal affines only)
+    x, y, z = (affine[axis, axis] * np.arange(shape[axis], dtype=np.float32) + affine[axis, 3]
+               for axis in range(3))
+    x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
     grid_centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2.0) + affine[:3, 3]
     extent = np.abs(np.diag(affine)[:3]) * np.array(shape)
     centre = grid_centre + rng.uniform(-0.12, 0.12, 3) * [extent[0], extent[1], 0.0]
@@ -187,11 +173,8 @@ def _prostate_anatomy(rng, shape, affine):
     masks["rectal_fluid"] = lumen & ~masks["air"]
 
     gland, transition, peripheral = _gland(rng, u, v, w, gland_radii)
-    masks["capsule"] = gland <= 1.0
-    masks["stroma"] = gland <= 0.93
-    masks["peripheral"] = peripheral
-    masks["transition"] = transition
-    masks["lesion"] = _lesions(rng, u, v, w, peripheral, gland_radii)
+    masks.update(capsule=gland <= 1.0, stroma=gland <= 0.93, peripheral=peripheral,
+                 transition=transition, lesion=_lesions(rng, u, v, w, peripheral, gland_radii))
     label = np.zeros(shape, np.uint8)
     label[masks["stroma"]] = 2
     label[peripheral] = 1
@@ -264,36 +247,6 @@ def make_prostate_case(rng: np.random.Generator, geometry: ProstateGeometry = DE
     return image, label, affine
 
 
-def _save_nifti(array, affine, path: Path) -> None:
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, str(path))
-
-
-def prostate_dataset_json(train_ids, test_ids) -> dict:
-    """The MSD-style ``dataset.json`` (plus ``"synthetic": true``)."""
-    return {
-        "name": "PROSTATE",
-        "description": "Synthetic prostate phantoms in the Medical Segmentation Decathlon Task05 layout",
-        "reference": "labkit.data.phantoms (not patient data)",
-        "licence": "CC-BY-SA 4.0",
-        "release": "labkit synthetic 1.0",
-        "tensorImageSize": "4D",
-        "modality": {"0": "T2", "1": "ADC"},
-        "labels": {"0": "background", "1": "PZ", "2": "TZ"},
-        "numTraining": len(train_ids),
-        "numTest": len(test_ids),
-        "training": [{"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
-                     for name in train_ids],
-        "test": [f"./imagesTs/{name}.nii.gz" for name in test_ids],
-        "synthetic": True,
-    }
-
-
 def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: int = 0,
                        geometry: ProstateGeometry = DEFAULT_PROSTATE, progress=None,
                        workers: int | None = None) -> Path:
@@ -301,68 +254,45 @@ def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: in
 
     Args:
         dataset_dir: the folder to create (usually ``<root>/Task05_Prostate``); must not exist.
-        n_train: labelled cases in ``imagesTr`` / ``labelsTr``.
-        n_test: unlabelled cases in ``imagesTs``.
+        n_train, n_test: labelled cases (``imagesTr`` / ``labelsTr``), unlabelled (``imagesTs``).
         seed: the whole set is a function of this seed (not of ``workers``).
         geometry: size ranges (``TINY_PROSTATE`` for fast tests).
         progress: optional callable ``progress(iterable, total)`` wrapping the case loop.
         workers: processes drawing cases; None means ``min(4, CPU cores)``.
     """
-    dataset_dir = Path(dataset_dir)
     numbers = np.random.default_rng(seed).permutation(n_train + n_test)
     train_ids = [f"prostate_{n:02d}" for n in sorted(numbers[:n_train])]
     test_ids = [f"prostate_{n:02d}" for n in sorted(numbers[n_train:])]
-
-    def build(folder: Path) -> None:
-        for sub in ("imagesTr", "labelsTr", "imagesTs"):
-            (folder / sub).mkdir()
-        jobs = [(folder, name, labelled, seed, geometry)
-                for names, labelled in ((train_ids, True), (test_ids, False)) for name in names]
-        _run_jobs(_write_prostate_case, jobs, workers, progress)
-        text = json.dumps(prostate_dataset_json(train_ids, test_ids), indent=4) + "\n"
-        (folder / "dataset.json").write_text(text, encoding="utf-8")
-
-    _publish_folder(build, dataset_dir)
-    return dataset_dir
+    jobs = [(name, labelled, seed, geometry)
+            for names, labelled in ((train_ids, True), (test_ids, False)) for name in names]
+    record = {  # the MSD-style dataset.json, plus "synthetic": true
+        "name": "PROSTATE",
+        "description": "Synthetic prostate phantoms in the Medical Segmentation Decathlon Task05 layout",
+        "reference": "labkit.data.phantoms (not patient data)", "licence": "CC-BY-SA 4.0",
+        "release": "labkit synthetic 1.0", "tensorImageSize": "4D",
+        "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+        "numTraining": len(train_ids), "numTest": len(test_ids),
+        "training": [{"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+                     for name in train_ids],
+        "test": [f"./imagesTs/{name}.nii.gz" for name in test_ids], "synthetic": True}
+    return _write_set(dataset_dir, ("imagesTr", "labelsTr", "imagesTs"), {"dataset.json": json.dumps(record, indent=4) + "\n"},
+                      _write_prostate_case, jobs, workers, progress)
 
 
 def _write_prostate_case(job) -> None:
     folder, name, labelled, seed, geometry = job
     rng = np.random.default_rng([seed, 5, int(name.split("_")[1])])
     image, label, affine = make_prostate_case(rng, geometry)
-    _save_nifti(image, affine, folder / ("imagesTr" if labelled else "imagesTs") / f"{name}.nii.gz")
-    if labelled:
-        _save_nifti(label, affine, folder / "labelsTr" / f"{name}.nii.gz")
+    files = [(image, "imagesTr" if labelled else "imagesTs")] + [(label, "labelsTr")] * labelled
+    for array, sub in files:
+        volume = nib.Nifti1Image(array, affine)
+        volume.header.set_xyzt_units("mm", "sec")
+        volume.set_qform(affine, code=1)
+        volume.set_sform(affine, code=1)
+        nib.save(volume, str(folder / sub / f"{name}.nii.gz"))
 
 
-def _run_jobs(function, jobs, workers, progress) -> None:
-    """``function(job)`` for every job, in a process pool when there are cores to spare.
-
-    Each job draws from its own seeded generator, so the result does not depend on the pool.
-    """
-    import multiprocessing
-    import sys
-    from concurrent.futures import ProcessPoolExecutor
-
-    from labkit.data.batching import default_workers
-
-    workers = default_workers() if workers is None else max(1, int(workers))
-    if workers == 1 or len(jobs) < 4:
-        _drain(map(function, jobs), len(jobs), progress)
-        return
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        _drain(pool.map(function, jobs), len(jobs), progress)
-
-
-def _drain(results, total, progress) -> None:
-    for _ in progress(results, total) if progress else results:
-        pass
-
-
-# ----------------------------------------------------------------------------------------------
-# Chest X-ray
-# ----------------------------------------------------------------------------------------------
+# ---- chest X-ray ----
 
 
 @dataclass(frozen=True)
@@ -396,20 +326,11 @@ def _smooth_polygon(points: np.ndarray, rounds: int = 3) -> np.ndarray:
     return points
 
 
-def _rasterize(points_xy: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    canvas = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points_xy], fill=1)
-    return np.asarray(canvas, dtype=bool)
-
-
 def _lung_size(rng, geometry: LungGeometry):
     long_side = int(rng.integers(geometry.long_side[0], geometry.long_side[1] + 1))
     short_side = int(round(long_side * 4020 / 4892 * rng.uniform(0.95, 1.05)))
-    if rng.random() < geometry.landscape_probability:
-        return short_side, long_side
-    return long_side, short_side
+    landscape = rng.random() < geometry.landscape_probability
+    return (short_side, long_side) if landscape else (long_side, short_side)
 
 
 def _thorax_frame(rng, height, width):
@@ -425,11 +346,12 @@ def _lung_masks(rng, height, width, frame):
     centre_x, half_width, top, lung_height = frame
     masks = []
     for outline in (_RIGHT_LUNG, _LEFT_LUNG):
-        points = np.array(outline) + rng.normal(0, 0.02, (len(outline), 2))
-        points = points * rng.uniform(0.92, 1.08, 2)
-        points = _smooth_polygon(points)
+        jittered = (np.array(outline) + rng.normal(0, 0.02, (len(outline), 2))) * rng.uniform(0.92, 1.08, 2)
+        points = _smooth_polygon(jittered)
         pixels = np.stack([centre_x + points[:, 0] * half_width, top + points[:, 1] * lung_height], 1)
-        masks.append(_rasterize(pixels, height, width))
+        canvas = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon([tuple(p) for p in pixels], fill=1)
+        masks.append(np.asarray(canvas, dtype=bool))
     return masks  # [right lung (image left), left lung (image right)]
 
 
@@ -524,40 +446,15 @@ def make_lung_case(rng: np.random.Generator, geometry: LungGeometry = DEFAULT_LU
     return image, ((left & ~black) * 255).astype(np.uint8), ((right & ~black) * 255).astype(np.uint8)
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path, compress_level=3)
-
-
-def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0,
-                   geometry: LungGeometry = DEFAULT_LUNG, progress=None,
-                   workers: int | None = None) -> Path:
-    """Build a synthetic MontgomerySet folder atomically (temporary folder, then rename).
-
-    About a third of the cases get the ``_1`` suffix the real set uses for abnormal readings.
-
-    Args:
-        dataset_dir: the folder to create (usually ``<root>/MontgomerySet``); must not exist.
-        n_cases: number of radiographs.
-        seed: the whole set is a function of this seed (not of ``workers``).
-        geometry: size ranges (``TINY_LUNG`` for fast tests).
-        progress: optional callable ``progress(iterable, total)`` wrapping the case loop.
-        workers: processes drawing cases; None means ``min(4, CPU cores)``.
-    """
-    dataset_dir = Path(dataset_dir)
-
-    def build(folder: Path) -> None:
-        for sub in ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask", "ClinicalReadings"):
-            (folder / sub).mkdir(parents=True)
-        jobs = [(folder, number, seed, geometry) for number in range(1, n_cases + 1)]
-        _run_jobs(_write_lung_case, jobs, workers, progress)
-        (folder / "README.txt").write_text(
-            "Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n",
-            encoding="utf-8")
-
-    _publish_folder(build, dataset_dir)
-    return dataset_dir
+def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0, geometry: LungGeometry = DEFAULT_LUNG,
+                   progress=None, workers: int | None = None) -> Path:
+    """Build a synthetic MontgomerySet folder of ``n_cases`` radiographs atomically, as
+    :func:`write_prostate_set` (``TINY_LUNG``: fast tests). About a third of the cases get the
+    ``_1`` suffix the real set uses for abnormal readings."""
+    folders = ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask", "ClinicalReadings")
+    readme = "Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n"
+    return _write_set(dataset_dir, folders, {"README.txt": readme}, _write_lung_case,
+                      [(number, seed, geometry) for number in range(1, n_cases + 1)], workers, progress)
 
 
 def _write_lung_case(job) -> None:
@@ -566,9 +463,8 @@ def _write_lung_case(job) -> None:
     abnormal = rng.random() < 0.35
     name = f"MCUCXR_{number:04d}_{int(abnormal)}"
     image, left, right = make_lung_case(rng, geometry)
-    _save_png(image, folder / "CXR_png" / f"{name}.png")
-    _save_png(left, folder / "ManualMask" / "leftMask" / f"{name}.png")
-    _save_png(right, folder / "ManualMask" / "rightMask" / f"{name}.png")
+    for array, sub in ((image, "CXR_png"), (left, "ManualMask/leftMask"), (right, "ManualMask/rightMask")):
+        Image.fromarray(array).save(folder / sub / f"{name}.png", compress_level=3)
     reading = (f"Patient's Sex: {'MF'[int(rng.integers(2))]}\n"
                f"Patient's Age: {int(rng.integers(18, 85)):03d}Y\n"
                f"{'synthetic abnormal reading' if abnormal else 'normal'}\n")
@@ -579,19 +475,10 @@ def make_default_sets(root, only: str | None = None, prostate_cases: int = 32,
                       lung_cases: int = 80, seed: int = 0, progress=None, log=print,
                       prostate_geometry: ProstateGeometry = DEFAULT_PROSTATE,
                       lung_geometry: LungGeometry = DEFAULT_LUNG) -> dict:
-    """Build the default synthetic sets under ``root``, skipping a set that already exists.
-
-    Returns:
-        ``{'prostate': 'built'|'exists'|'skipped', 'lung': ...}``.
-    """
-    root = Path(root)
+    """Build the default synthetic sets under ``root``, skipping a set that already exists;
+    returns ``{'prostate': 'built'|'exists'|'skipped', 'lung': ...}``."""
     outcome = {}
-    jobs = {"prostate": (root / PROSTATE_DIR, lambda d: write_prostate_set(
-                d, n_train=prostate_cases, n_test=max(2, prostate_cases // 8), seed=seed,
-                geometry=prostate_geometry, progress=progress)),
-            "lung": (root / LUNG_DIR, lambda d: write_lung_set(
-                d, n_cases=lung_cases, seed=seed, geometry=lung_geometry, progress=progress))}
-    for name, (folder, build) in jobs.items():
+    for name, folder in (("prostate", Path(root) / PROSTATE_DIR), ("lung", Path(root) / LUNG_DIR)):
         if only and only != name:
             outcome[name] = "skipped"
         elif folder.exists() and any(folder.iterdir()):
@@ -601,6 +488,10 @@ def make_default_sets(root, only: str | None = None, prostate_cases: int = 32,
             if folder.exists():
                 folder.rmdir()
             log(f"building synthetic {name} set in {folder} ...")
-            build(folder)
+            if name == "prostate":
+                write_prostate_set(folder, prostate_cases, max(2, prostate_cases // 8), seed,
+                                   prostate_geometry, progress)
+            else:
+                write_lung_set(folder, lung_cases, seed, lung_geometry, progress)
             outcome[name] = "built"
     return outcome
