@@ -201,6 +201,8 @@ def prepare_cases(cases: list, transforms, cache=True, workers: int | None = Non
     Returns:
         The prepared cases, in the input order.
     """
+    from tqdm.auto import tqdm
+
     if not transforms:
         return [dict(case) for case in cases]
     case_cache = None
@@ -211,29 +213,19 @@ def prepare_cases(cases: list, transforms, cache=True, workers: int | None = Non
     prepared = [case_cache.load(case) if case_cache else None for case in cases]
     missing = [i for i, case in enumerate(prepared) if case is None]
     workers = default_workers() if workers is None else max(1, int(workers))
-    bar = None
-    if progress and missing and os.environ.get("LABKIT_HEADLESS") != "1":
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(missing), desc="preparing cases", unit="case", leave=False)
+    quiet = not progress or os.environ.get("LABKIT_HEADLESS") == "1"
     jobs = [(cases[i], transforms, case_cache) for i in missing]
-    try:
+    with tqdm(total=len(missing), desc="preparing cases", unit="case", leave=False,
+              disable=quiet or not missing) as bar:
         for i, case in zip(missing, _prepare_all(jobs, workers), strict=True):
-            # A worker hands a cached case back through the disk cache (reading the file is
-            # cheaper than pickling a large volume through a pipe); if the cache could not be
-            # written, the case is prepared here.
+            # A worker hands a case back through the disk cache (reading the file is cheaper than
+            # pickling a large volume through a pipe); if the cache could not be written, the
+            # case is prepared here.
             if case is None:
-                case = case_cache.load(cases[i]) or _prepare((cases[i], transforms, None))
+                case = case_cache.load(cases[i]) or Compose(transforms)(cases[i])
             prepared[i] = case
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     return prepared
-
-
-LARGE_CASE_BYTES = 32 * 2**20  # without a disk cache, cases above this are prepared here
 
 
 def default_workers() -> int:
@@ -246,13 +238,13 @@ def default_workers() -> int:
 
 
 def _prepare(job, in_worker: bool = False) -> dict | None:
+    """One prepared case, stored in the disk cache if there is one; a worker returns None for
+    a stored case (the parent reads it from the cache)."""
     case, transforms, case_cache = job
     prepared = Compose(transforms)(case)
     if case_cache is not None:
         case_cache.save(case, prepared)
-        if in_worker:
-            return None  # the parent reads it from the cache
-    return prepared
+    return None if in_worker and case_cache is not None else prepared
 
 
 def _prepare_in_worker(job) -> dict | None:
@@ -263,15 +255,7 @@ def _prepare_all(jobs, workers: int):
     """Prepared cases (or None: read it from the cache) in job order, in a process pool when
     there is more than one case and more than one worker."""
     done = 0
-    if workers > 1 and len(jobs) > 1 and jobs[0][2] is None:
-        # Without a disk cache, results come back pickled through a pipe: for large volumes
-        # that costs more than a second core saves.
-        first = _prepare(jobs[0])
-        done = 1
-        yield first
-        if sum(value.nbytes for value in first.values() if isinstance(value, np.ndarray)) > LARGE_CASE_BYTES:
-            workers = 1
-    if workers > 1 and len(jobs) - done > 1 and _picklable(jobs[0][1]):
+    if workers > 1 and len(jobs) > 1 and _picklable(jobs[0][1]):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -280,7 +264,7 @@ def _prepare_all(jobs, workers: int):
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         try:
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-                for case in pool.map(_prepare_in_worker, jobs[done:]):
+                for case in pool.map(_prepare_in_worker, jobs):
                     done += 1
                     yield case
             return

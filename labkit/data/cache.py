@@ -10,8 +10,9 @@ Plain ``.npy`` files load 3x faster than one ``.npz`` archive (no zip layer, no 
 every byte), and each can be opened by hand with ``np.load``.
 
 The source hash covers each file's path, size and modification time (and any other value in
-the case, arrays by content): editing or replacing a file gives a new name, and the stale entry of that case is deleted when the new one is
-written. Changing any transform setting gives a new folder. Files are written atomically, so
+the case, arrays by content): editing or replacing a file gives a new name, and the stale entry
+of that case is deleted when the new one is written. Changing any transform setting gives a new
+folder. Files are written atomically, so
 an interrupted run never leaves a half-written entry. Delete the cache folder at any time.
 """
 
@@ -30,8 +31,6 @@ import numpy as np
 from labkit.io import atomic_dir, atomic_write_text
 
 _VALUES_FILE = "case.json"
-
-
 # Bump when a transform's arithmetic changes, so old cache entries are not reused.
 CACHE_VERSION = "labkit-prepared-v1"
 
@@ -42,24 +41,15 @@ def chain_key(transforms) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def source_files(case: dict) -> list[tuple[str, str]]:
-    """(key, path) of every case value that names an existing file."""
-    found = []
-    for key, value in sorted(case.items()):
-        if isinstance(value, (str, os.PathLike)) and key != "id" and os.path.isfile(value):
-            found.append((key, os.path.abspath(os.fspath(value))))
-    return found
-
-
 def case_key(case: dict) -> str:
     """A short hash of the case: each source file's path, size and mtime, other values as is
     (arrays by content)."""
-    files = dict(source_files(case))
     parts = []
     for key, value in sorted(case.items()):
-        if key in files:
-            stat = os.stat(files[key])
-            parts.append(f"{key}={files[key]}:{stat.st_size}:{stat.st_mtime_ns}")
+        if isinstance(value, (str, os.PathLike)) and key != "id" and os.path.isfile(value):
+            path = os.path.abspath(os.fspath(value))
+            stat = os.stat(path)
+            parts.append(f"{key}={path}:{stat.st_size}:{stat.st_mtime_ns}")
         elif isinstance(value, np.ndarray):
             digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
             parts.append(f"{key}=array{value.shape}{value.dtype}:{digest}")
@@ -117,18 +107,14 @@ class CaseCache:
                     np.save(temporary / names[key], array, allow_pickle=False)
                 (temporary / _VALUES_FILE).write_text(
                     json.dumps({"arrays": names, "values": _to_json(rest)}), encoding="utf-8")
-            self._remove_older(case, path)
+            for old in self.folder.glob(f"{_safe(str(case.get('id')))}-*"):  # older sources
+                if old != path and old.is_dir() and len(old.name) == len(path.name):  # not "c1-x" of "c1"
+                    shutil.rmtree(old, ignore_errors=True)
         except OSError as error:
             if (path / _VALUES_FILE).exists():
                 return  # another process stored the same entry first
             warnings.warn(f"{self.folder}: could not write the cache ({error}); continuing "
                           "without it (set LABKIT_CACHE to a writable folder)", stacklevel=2)
-
-    def _remove_older(self, case: dict, path: Path) -> None:
-        """Entries of the same case id from older source files."""
-        for old in self.folder.glob(f"{_safe(str(case.get('id')))}-*"):
-            if old != path and old.is_dir() and len(old.name) == len(path.name):  # not "c1-x" of "c1"
-                shutil.rmtree(old, ignore_errors=True)
 
 
 def _to_json(value):

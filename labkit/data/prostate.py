@@ -29,7 +29,6 @@ from labkit.data.readers import LoadNifti, is_junk
 from labkit.data.wrappers import CropOrPad, MapLabels, NormalizeIntensity, Reorient, Resample
 
 LABEL_MAPPINGS = {"whole": {0: 0, 1: 1, 2: 1}, "zones": {0: 0, 1: 1, 2: 2}}
-CHANNELS = ("T2", "ADC")
 
 
 def dataset_dir(root=None) -> Path:
@@ -88,12 +87,6 @@ def list_cases(root=None) -> list[dict]:
                             "restore the label, or remove the image from imagesTr")
         cases.append({"id": case_id, "image": str(image), "label": str(labels[case_id])})
     return cases
-
-
-def list_test_images(root=None) -> list[dict]:
-    """Unlabelled cases ``[{'id', 'image'}]`` from ``imagesTs`` (may be empty)."""
-    return [{"id": case_id, "image": str(path)}
-            for case_id, path in _nifti_files(dataset_dir(root) / "imagesTs").items()]
 
 
 def load_splits(root=None, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:

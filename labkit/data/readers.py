@@ -88,7 +88,8 @@ def read_nifti(path: str, channels: int | None = None, max_mb: float = MAX_VOLUM
                         "crop or downsample it first, or raise LABKIT_MAX_VOLUME_MB if memory allows")
     try:
         proxy = _whole_file(path, image).dataobj
-        if keep_integers and image.get_data_dtype().kind in "iub" and _unscaled(proxy):
+        unscaled = getattr(proxy, "slope", 1.0) in (None, 1.0) and getattr(proxy, "inter", 0.0) in (None, 0.0)
+        if keep_integers and image.get_data_dtype().kind in "iub" and unscaled:
             array = proxy.get_unscaled()
             array = array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
         else:
@@ -123,10 +124,6 @@ def _whole_file(path: str, image):
             import gzip
         data = gzip.decompress(data)
     return type(image).from_bytes(data)
-
-
-def _unscaled(proxy) -> bool:
-    return getattr(proxy, "slope", 1.0) in (None, 1.0) and getattr(proxy, "inter", 0.0) in (None, 0.0)
 
 
 def _check_dimensions(path: str, shape: tuple, channels: int | None) -> None:
