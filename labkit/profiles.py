@@ -29,14 +29,14 @@ class VNetSettings:
 
     image_size: tuple[int, int, int]  # voxels fed to the network (x, y, z)
     spacing: tuple[float, float, float]  # mm per voxel after resampling
-    n_filters: int  # channels of the first level; doubles at each level down
+    base_filters: int  # channels of the first level; doubles at each level down
     normalization: str  # 'batchnorm' | 'groupnorm' | 'none'
     batch_size: int
     accumulate: int  # batches per optimiser step (effective batch = batch_size * accumulate)
     max_epochs: int
     lr: float
-    max_cases: int | None  # cap on training cases (None: all)
-    amp: bool  # automatic mixed precision (GPU only)
+    max_cases: int | None  # at most this many cases of each split (None: all)
+    mixed_precision: bool  # float16 compute on a GPU (ignored on a CPU)
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ class CFCMSettings:
     """Lab 2 (CFCM, chest X-ray) settings."""
 
     image_size: tuple[int, int]
-    base_filters: int  # the seed's BASE_NUM_KERNELS
+    base_filters: int  # kernels of the first stage (the seed's BASE_NUM_KERNELS)
     batch_size: int
     max_epochs: int
     lr: float
-    max_cases: int | None
-    mixed_precision: bool
-    xla: bool
+    max_cases: int | None  # at most this many cases of each split (None: all)
+    mixed_precision: bool  # float16 compute on a GPU (ignored on a CPU)
+    xla: bool  # compile the training step with XLA (GPU only)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def limit(self, splits: dict, lab: str) -> dict:
+        """``splits`` with at most the lab's ``max_cases`` cases in each (all when None)."""
+        cap = getattr(self, lab).max_cases
+        return {name: list(cases)[:cap] for name, cases in splits.items()}
+
     def with_vnet(self, **changes) -> "Profile":
         """A copy with some Lab 1 settings changed (for experiments)."""
         return replace(self, vnet=replace(self.vnet, **changes))
@@ -75,25 +80,23 @@ class Profile:
 
 
 # --- Lab 1 settings (owned by the V-Net lab) ---
-# cpu (measured with the notebook's own cells on the synthetic set, 1 thread on a shared 2-core
-# machine): 4.6 s per epoch, validation Dice 0.83 after 40 epochs, first >= 0.85 at epoch 41,
-# best 0.864 at epoch 48; 60 epochs = 4.6 minutes of training. gpu: the original course's settings.
+# cpu: enough epochs to pass validation Dice 0.85 on the synthetic set (benchmarks/, learning);
+# gpu: the original course's settings.
 VNET_SETTINGS = {
-    "smoke": VNetSettings(image_size=(32, 32, 16), spacing=(6.0, 6.0, 6.0), n_filters=4,
+    "smoke": VNetSettings(image_size=(32, 32, 16), spacing=(6.0, 6.0, 6.0), base_filters=4,
                           normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=2,
-                          lr=1e-3, max_cases=6, amp=False),
-    "cpu": VNetSettings(image_size=(64, 64, 32), spacing=(3.0, 3.0, 3.0), n_filters=8,
+                          lr=1e-3, max_cases=6, mixed_precision=False),
+    "cpu": VNetSettings(image_size=(64, 64, 32), spacing=(3.0, 3.0, 3.0), base_filters=8,
                         normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=60,
-                        lr=1e-3, max_cases=None, amp=False),
-    "gpu": VNetSettings(image_size=(256, 256, 96), spacing=(1.0, 1.0, 1.0), n_filters=16,
+                        lr=1e-3, max_cases=None, mixed_precision=False),
+    "gpu": VNetSettings(image_size=(256, 256, 96), spacing=(1.0, 1.0, 1.0), base_filters=16,
                         normalization="groupnorm", batch_size=2, accumulate=1, max_epochs=50,
-                        lr=1e-4, max_cases=None, amp=True),
+                        lr=1e-4, max_cases=None, mixed_precision=True),
 }
 
 # --- Lab 2 settings (owned by the CFCM lab) ---
-# cpu: on the synthetic set, CFCM34 with the notebook's code reached validation Dice 0.916 at
-# epoch 6 and 0.958 at epoch 7 (about 0.5 s per training step of 8 at 128x128 on 2 idle cores,
-# 10-20 s per epoch on a shared machine); 15 epochs leave a margin. gpu: the original settings.
+# cpu: enough epochs to pass validation Dice 0.9 on the synthetic set, with a margin
+# (benchmarks/, learning); gpu: the original course's settings.
 CFCM_SETTINGS = {
     "smoke": CFCMSettings(image_size=(64, 64), base_filters=4, batch_size=4, max_epochs=2,
                           lr=1e-3, max_cases=12, mixed_precision=False, xla=False),

@@ -21,10 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from labkit.training import DIVERGED_ADVICE, TrainingDiverged, check_loss  # noqa: F401 (re-exported)
+from labkit.io import atomic_path  # noqa: E402
+from labkit.runs import CheckpointError, TrainingDiverged, check_loss  # noqa: F401 (re-exported)
 
 CHECKPOINT_FOLDER = "checkpoints"
-OPTIONAL_OBJECTS = ("seed",)  # saved since the seed was added; older checkpoints lack it
 
 
 @dataclass(frozen=True)
@@ -156,27 +156,16 @@ def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
     path = latest_checkpoint(folder)
     if path is None:
         return None
-    required = {name: value for name, value in objects.items() if name not in OPTIONAL_OBJECTS}
-    checkpoint = tf.train.Checkpoint(**_trackables(required))
     try:
-        status = checkpoint.restore(str(path))
-        status.assert_existing_objects_matched().expect_partial()  # the optional objects come next
-        optional = {name: value for name, value in objects.items() if name in OPTIONAL_OBJECTS}
-        if optional:  # absent from checkpoints of older versions: restored when there
-            tf.train.Checkpoint(**optional).restore(str(path)).expect_partial()
+        status = tf.train.Checkpoint(**_trackables(objects)).restore(str(path))
+        status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{path}: this checkpoint does not fit the model being trained ({_first_line(error)}). "
             f"It was written by another model or other settings: choose another RUN_NAME or "
             f"delete {Path(folder) / CHECKPOINT_FOLDER}."
         ) from None
     return path
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint exists but was written for another model or other settings."""
-
-
 
 
 def _first_line(error: Exception) -> str:
@@ -189,5 +178,73 @@ def count_parameters(net) -> int:
     return int(sum(np.prod(variable.shape) for variable in net.trainable_weights))
 
 
-__all__ = ["CheckpointMismatch", "TFSetup", "TrainingDiverged", "check_loss", "configure",
-           "count_parameters", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]
+class Checkpoint:
+    """The run folder's checkpoints for :class:`labkit.runs.Run`, in TensorFlow.
+
+    ``checkpoints/`` holds the network, the optimiser and the epoch count after the last
+    finished epoch (:func:`save_checkpoint`); ``best.weights.h5`` the network's weights at the
+    best validation epoch. Build the network and ``optimizer.build(...)`` first.
+
+    Args:
+        net: the Keras model.
+        optimizer: its optimiser.
+    """
+
+    BEST = "best.weights.h5"
+
+    def __init__(self, net, optimizer):
+        self.net = net
+        self.epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.objects = {"net": net, "optimizer": optimizer, "epoch": self.epochs}
+
+    def restore(self, folder) -> int | None:
+        """Restore the newest checkpoint; the epochs it holds (None without one)."""
+        return None if restore_checkpoint(folder, **self.objects) is None else int(self.epochs.numpy())
+
+    def save(self, folder, epochs: int, best: bool) -> None:
+        """Save the objects (and the best weights when ``best``).
+
+        With ``folder`` None (a worker other than the chief of a multi-worker run) the save
+        goes to a temporary folder that is then deleted: every worker must take part.
+        """
+        import shutil
+        import tempfile
+
+        self.epochs.assign(epochs)
+        if folder is None:
+            scratch = tempfile.mkdtemp(prefix="labkit-worker-")
+            try:
+                save_checkpoint(scratch, number=epochs, **self.objects)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return
+        save_checkpoint(folder, number=epochs, **self.objects)
+        if best:
+            with atomic_path(Path(folder) / self.BEST, suffix=".weights.h5") as temporary:
+                self.net.save_weights(str(temporary))
+
+    def load_best(self, folder) -> bool:
+        """Load the best epoch's weights into the network; False when there are none."""
+        path = Path(folder) / self.BEST
+        if not path.is_file():
+            return False
+        self.net.load_weights(str(path))
+        return True
+
+    def clear(self, folder) -> None:
+        import shutil
+
+        shutil.rmtree(Path(folder) / CHECKPOINT_FOLDER, ignore_errors=True)
+        (Path(folder) / self.BEST).unlink(missing_ok=True)
+
+
+def peak_memory_mb() -> float | None:
+    """Peak memory TensorFlow allocated on the first GPU, in MB (None without a GPU)."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
+__all__ = ["Checkpoint", "CheckpointError", "TFSetup", "TrainingDiverged", "check_loss", "configure",
+           "count_parameters", "latest_checkpoint", "peak_memory_mb", "restore_checkpoint",
+           "save_checkpoint"]

@@ -20,13 +20,7 @@ import numpy as np
 import torch
 
 from labkit.io import atomic_path
-from labkit.training import DIVERGED_ADVICE, TrainingDiverged, check_loss  # noqa: F401 (re-exported)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read; the message names the file and what to do."""
-
-
+from labkit.runs import CheckpointError, TrainingDiverged, check_loss  # noqa: F401 (re-exported)
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -154,5 +148,68 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
         ) from error
 
 
-__all__ = ["CheckpointError", "TrainingDiverged", "autocast", "check_loss", "cpu_threads",
-           "load_checkpoint", "pick_device", "save_checkpoint", "seed_everything"]
+class Checkpoint:
+    """The run folder's checkpoints for :class:`labkit.runs.Run`, in PyTorch.
+
+    ``last.pt`` holds the state of every object (network, optimiser, gradient scaler) after
+    the last finished epoch; ``best.pt`` the network of the best validation epoch.
+
+    Args:
+        net: the network (the plain module, not a ``DistributedDataParallel`` wrapper).
+        **others: anything else with ``state_dict`` / ``load_state_dict`` (optimizer=..., scaler=...).
+    """
+
+    def __init__(self, net, **others):
+        self.net = net
+        self.objects = {"net": net, **others}
+
+    def _device(self):
+        return next(self.net.parameters()).device
+
+    def restore(self, folder) -> int | None:
+        """Load ``last.pt`` into the objects; the epochs it holds (None without one)."""
+        path = Path(folder) / "last.pt"
+        if not path.is_file():
+            return None
+        state = load_checkpoint(path, map_location=self._device())
+        try:
+            for name, thing in self.objects.items():
+                thing.load_state_dict(state[name])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"{path} does not fit this network ({str(error).splitlines()[0]}); "
+                                  "choose another run name or delete the folder") from None
+        return int(state["epochs"])
+
+    def save(self, folder, epochs: int, best: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when ``best``); nothing when ``folder`` is None."""
+        if folder is None:
+            return
+        save_checkpoint(Path(folder) / "last.pt", epochs=epochs,
+                        **{name: thing.state_dict() for name, thing in self.objects.items()})
+        if best:
+            save_checkpoint(Path(folder) / "best.pt", epochs=epochs, net=self.net.state_dict())
+
+    def load_best(self, folder) -> bool:
+        """Load ``best.pt`` into the network; False when there is none."""
+        path = Path(folder) / "best.pt"
+        if not path.is_file():
+            return False
+        self.net.load_state_dict(load_checkpoint(path, map_location=self._device())["net"])
+        return True
+
+    def clear(self, folder) -> None:
+        for name in ("last.pt", "best.pt"):
+            (Path(folder) / name).unlink(missing_ok=True)
+
+
+def peak_memory_mb(device) -> float | None:
+    """Peak GPU memory allocated by PyTorch in this process, in MB (None on a CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+__all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "autocast", "check_loss",
+           "cpu_threads", "load_checkpoint", "peak_memory_mb", "pick_device", "save_checkpoint",
+           "seed_everything"]

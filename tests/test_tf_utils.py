@@ -107,7 +107,7 @@ def test_restore_without_checkpoint_is_a_fresh_run(tmp_path):
 
 def test_restore_into_another_model_says_what_to_do(tmp_path):
     tf_utils.save_checkpoint(tmp_path, net=tiny_net(units=3))
-    with pytest.raises(tf_utils.CheckpointMismatch, match="choose another RUN_NAME"):
+    with pytest.raises(tf_utils.CheckpointError, match="choose another RUN_NAME"):
         tf_utils.restore_checkpoint(tmp_path, net=tiny_net(units=5))
 
 
@@ -118,3 +118,35 @@ def test_save_without_objects_is_a_clear_error(tmp_path):
 
 def test_count_parameters():
     assert tf_utils.count_parameters(tiny_net(units=3)) == 4 * 3 + 3 + 3 + 1
+
+
+def test_the_run_checkpoint_keeps_the_last_and_the_best_epoch(tmp_path):
+    net = tiny_net(units=3)
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build(net.trainable_variables)
+    checkpoint = tf_utils.Checkpoint(net, optimizer)
+    assert checkpoint.restore(tmp_path) is None and checkpoint.load_best(tmp_path) is False
+    best = [weight.copy() for weight in net.get_weights()]
+    checkpoint.save(tmp_path, 1, best=True)
+    net.set_weights([weight + 1 for weight in best])
+    checkpoint.save(tmp_path, 2, best=False)
+    last = [weight.copy() for weight in net.get_weights()]
+
+    again = tf_utils.Checkpoint(net, optimizer)
+    net.set_weights([weight * 0 for weight in best])
+    assert again.restore(tmp_path) == 2
+    for weight, expected in zip(net.get_weights(), last, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+    assert again.load_best(tmp_path) is True
+    for weight, expected in zip(net.get_weights(), best, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+    again.clear(tmp_path)
+    assert again.restore(tmp_path) is None and not (tmp_path / "best.weights.h5").exists()
+
+
+def test_a_worker_that_is_not_the_chief_saves_into_a_folder_it_then_deletes(tmp_path):
+    net = tiny_net(units=2)
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build(net.trainable_variables)
+    tf_utils.Checkpoint(net, optimizer).save(None, 1, best=True)
+    assert tf_utils.latest_checkpoint(tmp_path) is None

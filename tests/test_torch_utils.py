@@ -134,3 +134,32 @@ def test_labkit_import_does_not_import_torch():
     code = "import sys, labkit, labkit.exercises; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_run_checkpoint_keeps_the_last_and_the_best_epoch(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    checkpoint = torch_utils.Checkpoint(net, optimizer=optimizer)
+    assert checkpoint.restore(tmp_path) is None and checkpoint.load_best(tmp_path) is False
+    best = {name: value.clone() for name, value in net.state_dict().items()}
+    checkpoint.save(tmp_path, 1, best=True)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    checkpoint.save(tmp_path, 2, best=False)
+    last = {name: value.clone() for name, value in net.state_dict().items()}
+    checkpoint.save(None, 3, best=True)  # another process of a multi-process run: writes nothing
+
+    with torch.no_grad():
+        net.weight.zero_()
+    assert checkpoint.restore(tmp_path) == 2
+    assert all(torch.equal(net.state_dict()[name], value) for name, value in last.items())
+    assert checkpoint.load_best(tmp_path) is True
+    assert all(torch.equal(net.state_dict()[name], value) for name, value in best.items())
+    checkpoint.clear(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_of_another_network_says_what_to_do(tmp_path):
+    torch_utils.Checkpoint(torch.nn.Linear(3, 2)).save(tmp_path, 1, best=False)
+    with pytest.raises(torch_utils.CheckpointError, match="does not fit this network.*another run name"):
+        torch_utils.Checkpoint(torch.nn.Linear(4, 2)).restore(tmp_path)

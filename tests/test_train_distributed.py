@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from labkit.profiles import get_profile
 from labkit.runs import REQUIRED_KEYS
 from labkit.train import common
 
@@ -55,9 +56,9 @@ def _metrics(work: Path, folder: str) -> dict:
 
 
 VNET_TINY = ["--profile", "smoke", "--image-size", "16,16,16", "--filters", "4", "--lr", "0.01",
-             "--no-augment", "--workers", "1"]
+             "--no-augment"]
 CFCM_TINY = ["--profile", "smoke", "--image-size", "32,32", "--filters", "2", "--blocks", "1,1,1,1",
-             "--batch-size", "2", "--lr", "0.01", "--no-augment", "--workers", "1"]
+             "--batch-size", "2", "--lr", "0.01", "--no-augment"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,10 +73,11 @@ def _parse(lab: str, *arguments: str):
 def test_overrides_change_only_the_named_settings():
     args = _parse("vnet", "--profile", "smoke", "--image-size", "16x16x16", "--filters", "2",
                   "--max-epochs", "3", "--seed", "7")
-    profile, settings = common.settings_from_arguments(args, "vnet")
-    assert (settings.image_size, settings.n_filters, settings.max_epochs) == ((16, 16, 16), 2, 3)
+    profile = common.settings_from_arguments(args, "vnet")
+    settings = profile.vnet
+    assert (settings.image_size, settings.base_filters, settings.max_epochs) == ((16, 16, 16), 2, 3)
     assert profile.seed == 7
-    untouched = common.get_profile("smoke").vnet
+    untouched = get_profile("smoke").vnet
     assert (settings.lr, settings.batch_size, settings.spacing) == (untouched.lr, untouched.batch_size, untouched.spacing)
 
 
@@ -110,36 +112,17 @@ def test_rank_from_torchrun_variables():
         common.rank_from_environment({"RANK": "one"})
 
 
-def test_resuming_with_other_model_settings_is_refused(tmp_path):
-    saved = {"lab": "vnet", "image_size": [16, 16, 16], "n_filters": 4, "lr": 0.01}
-    common.check_same_settings(saved, {"lab": "vnet", "image_size": (16, 16, 16), "n_filters": 4, "lr": 0.1}, tmp_path)
-    with pytest.raises(common.TrainError, match=r"n_filters 4 -> 8.*--fresh"):
-        common.check_same_settings(saved, {"lab": "vnet", "image_size": (16, 16, 16), "n_filters": 8}, tmp_path)
-
-
-def test_metrics_record_has_every_required_key_and_per_case_rows():
-    profile = common.get_profile("smoke")
-    scores = {"train": {"a": 0.5, "b": 1.0}, "validation": {"c": 0.25}, "test": {}}
-    record = common.metrics_record("vnet", profile, "cpu", "synthetic", 2, 1.5, scores, processes=2)
-    assert set(REQUIRED_KEYS) <= set(record)
-    assert record["train_dice"] == pytest.approx(0.75)
-    assert record["test_dice"] is None
-    assert {"split": "validation", "id": "c", "dice": 0.25} in record["per_case"]
-    assert record["processes"] == 2
-
-
 def test_a_missing_lab_module_says_to_run_make_export():
-    with pytest.raises(common.LabCodeMissing, match="make export"):
+    with pytest.raises(common.TrainError, match="make export"):
         common.import_lab("no_such_lab")
 
 
-def test_a_missing_name_in_the_lab_module_is_named():
-    import types
-
-    module = types.ModuleType("fake_lab")
-    module.__file__ = "labkit/labs/fake_lab.py"
-    with pytest.raises(common.LabCodeMissing, match="VNet"):
-        common.lab_attribute(module, ("VNet",), "VNet class")
+def test_per_case_rows_and_means_for_metrics():
+    scores = {"train": {"b": 1.0, "a": 0.5}, "validation": {"c": 0.25}, "test": {}}
+    assert common.per_case_rows(scores)[:2] == [{"split": "train", "id": "a", "dice": 0.5},
+                                                {"split": "train", "id": "b", "dice": 1.0}]
+    assert common.mean_or_none(scores["train"]) == pytest.approx(0.75)
+    assert common.mean_or_none(scores["test"]) is None
 
 
 @pytest.mark.torch
@@ -152,37 +135,6 @@ def test_leave_now_flushes_what_was_printed_and_exits_with_the_status():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPOSITORY,
                             timeout=TIMEOUT_S)
     assert (result.returncode, result.stdout, result.stderr) == (3, "written", "and said")
-
-
-def test_first_batches_stops_early_and_reports_its_length():
-    pytest.importorskip("torch")
-    from labkit.train.vnet import FirstBatches
-
-    class Five:
-        def __len__(self):
-            return 5
-
-        def __iter__(self):
-            return iter(range(5))
-
-    assert list(FirstBatches(Five(), 2)) == [0, 1] and len(FirstBatches(Five(), 2)) == 2
-    assert list(FirstBatches(Five(), None)) == [0, 1, 2, 3, 4]
-
-
-@pytest.mark.tf
-def test_tf_config_gives_the_worker_index_and_chief():
-    pytest.importorskip("tensorflow")
-    from labkit.train import cfcm
-
-    cluster = {"worker": ["a:1", "b:1", "c:1"]}
-    second = cfcm.workers_from_tf_config({"cluster": cluster, "task": {"type": "worker", "index": 1}})
-    first = cfcm.workers_from_tf_config({"cluster": cluster, "task": {"type": "worker", "index": 0}})
-    assert (second.index, second.count, second.is_chief) == (1, 3, False)
-    assert first.is_chief
-    with pytest.raises(common.TrainError, match="not valid JSON"):
-        cfcm.read_tf_config({"TF_CONFIG": "{oops"})
-    with pytest.raises(common.TrainError, match="cluster"):
-        cfcm.read_tf_config({"TF_CONFIG": '{"task": {}}'})
 
 
 def _imported_frameworks(lab: str) -> set:
@@ -211,17 +163,18 @@ def test_the_dispatcher_rejects_an_unknown_lab(capsys):
     from labkit.train.__main__ import main
 
     assert main(["unet"]) == 2
-    assert "choose one of vnet, cfcm" in capsys.readouterr().err
+    assert "choose vnet or cfcm" in capsys.readouterr().err
 
 
 # What labkit.train takes from the notebooks' exported modules (a rename there must show up here)
-VNET_NAMES = {"VNet": ("in_channels", "out_channels", "n_filters", "normalization"),
+VNET_NAMES = {"VNet": ("in_channels", "out_channels", "base_filters", "normalization"),
               "dice_loss": ("prob", "label"), "to_tensors": ("batch", "device", "channels_last"),
               "train_one_epoch": ("net", "batches", "optimizer", "loss_fn", "device", "accumulate", "scaler",
-                                  "amp", "channels_last"),
-              "evaluate": ("net", "batches", "loss_fn", "device", "amp", "channels_last")}
+                                  "mixed_precision", "channels_last"),
+              "evaluate": ("net", "batches", "loss_fn", "device", "mixed_precision", "channels_last")}
 CFCM_NAMES = {"CFCM34": ("base_filters", "layers"), "LadderNet": ("base_filters", "layers", "fusion"),
-              "make_steps": ("net", "optimizer", "xla")}
+              "make_steps": ("net", "optimizer", "xla"), "evaluate": ("validation_step", "batches"),
+              "dice_score": ("prob", "label")}
 
 
 def _check_names(module, names: dict) -> None:
@@ -240,6 +193,7 @@ def test_the_vnet_lab_module_defines_what_the_trainer_uses():
     from labkit.labs import vnet
 
     _check_names(vnet, VNET_NAMES)
+    assert isinstance(vnet.augmentation, list) and vnet.augmentation
 
 
 @pytest.mark.tf
@@ -248,6 +202,7 @@ def test_the_cfcm_lab_module_defines_what_the_trainer_uses():
     from labkit.labs import cfcm
 
     _check_names(cfcm, CFCM_NAMES)
+    assert isinstance(cfcm.augmentation, list) and cfcm.augmentation
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +214,8 @@ def test_torchrun_two_processes_train_in_step_and_resume(tiny_prostate_root, tmp
     _torchrun([*VNET_TINY, "--max-epochs", "3", "--run-name", "two"], tiny_prostate_root, tmp_path)
     record = _metrics(tmp_path, "vnet-smoke-two")
     assert set(REQUIRED_KEYS) <= set(record)
-    assert record["processes"] == 2 and record["global_batch_size"] == 2 * record["per_process_batch_size"]
+    assert record["settings"]["processes"] == 2
+    assert record["global_batch_size"] == 2 * record["settings"]["batch_size"]
     assert record["rank_weight_spread"] == 0.0  # DDP kept both processes' weights identical
     losses = record["history"]["train_loss"]
     assert losses[-1] < losses[0], f"the training loss did not fall: {losses}"
@@ -267,9 +223,9 @@ def test_torchrun_two_processes_train_in_step_and_resume(tiny_prostate_root, tmp
     assert (tmp_path / "runs" / "vnet-smoke-two" / "last.pt").is_file()
 
     result = _torchrun([*VNET_TINY, "--max-epochs", "4", "--run-name", "two"], tiny_prostate_root, tmp_path)
-    assert "resuming vnet-smoke-two after epoch 2" in result.stdout
+    assert "resuming vnet-smoke-two after epoch 3" in result.stdout
     assert result.stdout.count("[labkit.train] epoch ") == 1  # rank 0 logs, once, the one new epoch
-    assert _metrics(tmp_path, "vnet-smoke-two")["history"]["epoch"] == [0, 1, 2, 3]
+    assert _metrics(tmp_path, "vnet-smoke-two")["history"]["epoch"] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -279,8 +235,7 @@ def test_two_processes_step_like_one_process_with_the_global_batch(tiny_prostate
     torch = pytest.importorskip("torch")
     # no normalisation layer: a bias just before GroupNorm has a zero gradient, and Adam turns
     # rounding noise there into full-size steps that differ from run to run
-    one_step = [*VNET_TINY, "--normalization", "none", "--max-epochs", "1", "--steps-per-epoch", "1",
-                "--eval-batches", "1"]
+    one_step = [*VNET_TINY, "--normalization", "none", "--max-epochs", "1", "--max-cases", "4"]  # 2 steps
     _torchrun([*one_step, "--batch-size", "1", "--run-name", "ddp"], tiny_prostate_root, tmp_path)
     _run([sys.executable, "-m", "labkit.train", "vnet", *one_step, "--batch-size", "2", "--run-name", "single"],
          tiny_prostate_root, tmp_path)
@@ -295,7 +250,7 @@ def test_two_processes_step_like_one_process_with_the_global_batch(tiny_prostate
     torch_utils.seed_everything(common.get_profile("smoke").seed)  # the trainer's first weights
     initial = VNet(2, 1, 4, "none").state_dict()
     moved = max(float((single[name] - weight).abs().max()) for name, weight in initial.items())
-    assert moved > 1e-3, "the step did not change the weights"
+    assert moved > 1e-3, "the steps did not change the weights"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,13 +264,13 @@ def test_mirrored_strategy_on_two_cpu_devices_trains_in_step_and_resumes(tiny_lu
     _run([*command, "--max-epochs", "3"], tiny_lung_root, tmp_path)
     record = _metrics(tmp_path, "cfcm-smoke-two")
     assert set(REQUIRED_KEYS) <= set(record)
-    assert (record["replicas"], record["global_batch_size"]) == (2, 4)
+    assert (record["settings"]["replicas"], record["global_batch_size"]) == (2, 4)
     assert record["replica_weight_spread"] == 0.0  # weights and batch-norm statistics agree
     losses = record["history"]["train_loss"]
     assert losses[-1] < losses[0], f"the training loss did not fall: {losses}"
 
     result = _run([*command, "--max-epochs", "4"], tiny_lung_root, tmp_path)
-    assert "resuming from ckpt-3" in result.stdout
+    assert "resuming cfcm-smoke-two after epoch 3" in result.stdout
     assert _metrics(tmp_path, "cfcm-smoke-two")["history"]["epoch"] == [1, 2, 3, 4]
 
 
@@ -338,7 +293,7 @@ def test_multiworker_strategy_with_two_local_workers(tiny_lung_root, tmp_path):
     """Two processes on this machine play two machines (TF_CONFIG); only the chief writes."""
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     command = [sys.executable, "-m", "labkit.train", "cfcm", "--strategy", "multiworker", *CFCM_TINY,
-               "--max-epochs", "1", "--steps-per-epoch", "1", "--eval-batches", "1", "--run-name", "workers"]
+               "--max-epochs", "1", "--max-cases", "4", "--run-name", "workers"]
     processes = []
     for index in range(2):
         environment = _environment(tiny_lung_root, tmp_path)
@@ -356,7 +311,7 @@ def test_multiworker_strategy_with_two_local_workers(tiny_lung_root, tmp_path):
                 process.kill()
     assert [process.returncode for process in processes] == [0, 0], "\n----\n".join(outputs)[-6000:]
     record = _metrics(tmp_path, "cfcm-smoke-workers")
-    assert (record["workers"], record["replicas"], record["global_batch_size"]) == (2, 2, 4)
+    assert (record["settings"]["replicas"], record["global_batch_size"]) == (2, 4)
     assert record["replica_weight_spread"] == 0.0
     assert "[labkit.train]" in outputs[0] and "[labkit.train]" not in outputs[1]
 

@@ -7,27 +7,40 @@ Importable outside the notebook (tests, benchmarks, ``labkit.train``); regenerat
 """
 
 
+from labkit.data.transforms import RandomAffine, RandomIntensity
 import tensorflow as tf
 import keras
+import numpy as np
+from labkit.runs import check_loss
+from labkit.viz import progress
+
+
+augmentation = [
+    RandomAffine(["image", "label"], orders=(1, 0), degrees=5.0, scale=(0.95, 1.05), spatial_dims=2),
+    RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.05, 0.05)),
+]
 
 
 EPSILON = 1e-3
 
 
-def dice_loss(pred, label):
-    """1 - soft Dice per image, averaged over the batch; ``pred`` and ``label`` are (B, H, W, 1)."""
-    pred = tf.cast(pred, tf.float32)
+def dice_loss(prob, label):
+    """1 - soft Dice per image, averaged over the batch; ``prob`` and ``label`` are (B, H, W, 1).
+
+    ``EPSILON`` in numerator and denominator: an image without lung predicted empty scores 0.
+    """
+    prob = tf.cast(prob, tf.float32)
+    overlap = tf.reduce_sum(prob * label, axis=[1, 2, 3])
+    total = tf.reduce_sum(prob**2 + label**2, axis=[1, 2, 3])
+    return tf.reduce_mean(1.0 - (2.0 * overlap + EPSILON) / (total + EPSILON))
+
+
+def dice_score(prob, label, eps=1e-3):
+    """Binarised Dice: threshold ``prob`` at 0.5, Dice per image, mean over the batch."""
+    pred = tf.cast(prob > 0.5, tf.float32)
     overlap = tf.reduce_sum(pred * label, axis=[1, 2, 3])
-    total = tf.reduce_sum(pred**2 + label**2, axis=[1, 2, 3])
-    return tf.reduce_mean(1.0 - 2.0 * overlap / (total + EPSILON))
-
-
-def dice_score(pred, label, eps=1e-3):
-    """Binarised Dice: threshold ``pred`` at 0.5, Dice per image, mean over the batch."""
-    binary = tf.cast(pred > 0.5, tf.float32)
-    overlap = tf.reduce_sum(binary * label, axis=[1, 2, 3])
-    total = tf.reduce_sum(binary**2 + label**2, axis=[1, 2, 3])
-    return tf.reduce_mean(2.0 * overlap / (total + eps))
+    total = tf.reduce_sum(pred + label, axis=[1, 2, 3])
+    return tf.reduce_mean((2.0 * overlap + eps) / (total + eps))
 
 
 class ConvLSTMCell(keras.layers.Layer):
@@ -206,16 +219,44 @@ def make_steps(net, optimizer, xla=False):
     @tf.function(jit_compile=xla, reduce_retracing=True)
     def train_step(image, label):
         with tf.GradientTape() as tape:
-            pred = net(image, training=True)
-            loss = dice_loss(pred, label)
+            prob = net(image, training=True)
+            loss = dice_loss(prob, label)
             scaled_loss = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, net.trainable_variables)
         optimizer.apply(gradients, net.trainable_variables)
-        return loss, dice_score(pred, label)
+        return loss, dice_score(prob, label)
 
     @tf.function(jit_compile=xla, reduce_retracing=True)
     def validation_step(image, label):
-        pred = net(image, training=False)
-        return dice_loss(pred, label), dice_score(pred, label), pred
+        prob = net(image, training=False)
+        return dice_loss(prob, label), dice_score(prob, label), prob
 
     return train_step, validation_step
+
+
+def as_tensors(batch):
+    """A batch dict -> (image, label) tensors of shape (B, H, W, 1)."""
+    return tf.constant(batch["image"][..., None]), tf.constant(batch["label"][..., None])
+
+
+def train_one_epoch(train_step, batches):
+    """One pass of ``train_step`` over ``batches``: the mean loss and Dice over the cases."""
+    totals, count = np.zeros(2), 0
+    for step, batch in enumerate(progress(batches, desc="train")):
+        loss, score = train_step(*as_tensors(batch))
+        loss = check_loss(loss, step)  # waits for the step; NaN / Inf stops before saving
+        totals += len(batch["id"]) * np.array([loss, float(score)])
+        count += len(batch["id"])
+    return dict(zip(("loss", "dice"), totals / count, strict=True))
+
+
+def evaluate(validation_step, batches):
+    """Mean loss and binarised Dice over ``batches``; ``cases``: each case's Dice."""
+    losses, cases = [], {}
+    for batch in batches:
+        image, label = as_tensors(batch)
+        loss, _, prob = validation_step(image, label)
+        losses += [float(loss)] * len(batch["id"])
+        for index, case_id in enumerate(batch["id"]):
+            cases[case_id] = float(dice_score(prob[index:index + 1], label[index:index + 1]))
+    return {"loss": float(np.mean(losses)), "dice": float(np.mean(list(cases.values()))), "cases": cases}

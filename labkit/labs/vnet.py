@@ -7,12 +7,19 @@ Importable outside the notebook (tests, benchmarks, ``labkit.train``); regenerat
 """
 
 
+from labkit.data.transforms import RandomAffine, RandomFlip, RandomIntensity
 import torch
 import math
 from torch import nn
 import numpy as np
 from labkit import torch_utils
 from labkit.viz import progress
+
+
+both = ["image", "label"]
+augmentation = [RandomFlip(both, axes=(0,)),
+                RandomAffine(both, orders=(1, 0), degrees=10, scale=(0.9, 1.1)),  # label: nearest
+                RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.1, 0.1))]
 
 
 def dice_loss(prob, label, squared=True, eps=1e-5):
@@ -94,19 +101,19 @@ class VNet(nn.Module):
     Args:
         in_channels: image channels (2: T2 and ADC).
         out_channels: output channels (1: the gland; one logit per voxel).
-        n_filters: channels of the first level, doubled at each level down.
+        base_filters: channels of the first level, doubled at each level down.
         normalization: 'groupnorm', 'batchnorm' or 'none'.
         down_stages: convolutions per residual block on the way down (one entry per level).
         bottom_stages: convolutions in the bottom block.
         up_stages: convolutions per residual block on the way up.
     """
 
-    def __init__(self, in_channels=2, out_channels=1, n_filters=16, normalization="groupnorm",
+    def __init__(self, in_channels=2, out_channels=1, base_filters=16, normalization="groupnorm",
                  down_stages=(1, 2, 3, 3), bottom_stages=3, up_stages=(3, 3, 2, 1)):
         super().__init__()
         if len(up_stages) != len(down_stages):
             raise ValueError("up_stages needs one entry per level of down_stages")
-        widths = [n_filters * 2**level for level in range(len(down_stages) + 1)]
+        widths = [base_filters * 2**level for level in range(len(down_stages) + 1)]
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
         channels = in_channels
         for level, n_stages in enumerate(down_stages):
@@ -118,7 +125,7 @@ class VNet(nn.Module):
         for level, n_stages in zip(reversed(range(len(down_stages))), up_stages, strict=True):
             self.up.append(UpConv(widths[level + 1], widths[level], normalization))
             self.decoder.append(ResidualBlock(n_stages, widths[level], widths[level], normalization))
-        self.head = nn.Conv3d(n_filters, out_channels, kernel_size=1)
+        self.head = nn.Conv3d(base_filters, out_channels, kernel_size=1)
         self.size_multiple = 2 ** len(down_stages)
 
     def forward(self, x):
@@ -147,7 +154,7 @@ def to_tensors(batch, device, channels_last=False):
 
 
 def dice_score(prob, label, threshold=0.5):
-    """Hard Dice per case, shape (batch,): prob > threshold against label; 1 if both are empty."""
+    """Hard Dice per case, shape (batch,): prob > threshold against label (both empty: 1)."""
     pred = (prob > threshold).float()
     dims = tuple(range(1, pred.ndim))
     overlap = (pred * label).sum(dims)
@@ -156,7 +163,7 @@ def dice_score(prob, label, threshold=0.5):
 
 
 def train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1, scaler=None,
-                    amp=False, channels_last=False):
+                    mixed_precision=False, channels_last=False):
     """One pass over ``batches``, stepping the optimiser every ``accumulate`` batches.
 
     Returns:
@@ -169,7 +176,7 @@ def train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1, scal
     losses, dices = [], []
     for index, batch in enumerate(progress(batches, desc="train")):
         image, label = to_tensors(batch, device, channels_last)
-        with torch_utils.autocast(device, amp):
+        with torch_utils.autocast(device, mixed_precision):
             logits = net(image)
         prob = torch.sigmoid(logits.float())  # the loss in float32, also under autocast
         loss = loss_fn(prob, label) / accumulate
@@ -185,16 +192,16 @@ def train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1, scal
 
 
 @torch.no_grad()
-def evaluate(net, batches, loss_fn, device, amp=False, channels_last=False):
-    """Mean loss and mean hard Dice over ``batches``, without gradients."""
+def evaluate(net, batches, loss_fn, device, mixed_precision=False, channels_last=False):
+    """Mean loss and mean hard Dice over ``batches`` without gradients; ``cases``: each case's Dice."""
     device = torch.device(device)
     net.eval()
-    losses, dices = [], []
+    losses, cases = [], {}
     for batch in progress(batches, desc="validation"):
         image, label = to_tensors(batch, device, channels_last)
-        with torch_utils.autocast(device, amp):
+        with torch_utils.autocast(device, mixed_precision):
             logits = net(image)
         prob = torch.sigmoid(logits.float())
         losses.append(loss_fn(prob, label).item())
-        dices.extend(dice_score(prob, label).tolist())
-    return {"loss": float(np.mean(losses)), "dice": float(np.mean(dices))}
+        cases.update(zip(batch["id"], dice_score(prob, label).tolist(), strict=True))
+    return {"loss": float(np.mean(losses)), "dice": float(np.mean(list(cases.values()))), "cases": cases}

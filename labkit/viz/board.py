@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from labkit import runs
 from labkit.viz.display import in_kernel, is_headless, new_figure, png_output, show_static
 from labkit.viz.inputs import data_error
 
@@ -40,16 +41,19 @@ def metrics_in(history: dict) -> list[str]:
 
 
 def best_epoch(history: dict) -> tuple[int, str, float] | None:
-    """The best validation epoch: highest validation Dice, else lowest validation loss.
+    """The best validation epoch: :func:`labkit.runs.best_epoch` (highest validation Dice), else
+    the lowest validation loss.
 
     Returns:
         ``(epoch, key, value)``, or None when the history has no validation values yet.
     """
-    for key, higher in (("validation_dice", True), ("validation_loss", False)):
-        values = np.asarray(history.get(key, []), dtype=float)
-        if values.size and np.isfinite(values).any():
-            position = int(np.nanargmax(values) if higher else np.nanargmin(values))
-            return int(history["epoch"][position]), key, float(values[position])
+    epoch = runs.best_epoch(history)
+    if epoch is not None:
+        return epoch, "validation_dice", float(history["validation_dice"][history["epoch"].index(epoch)])
+    values = np.asarray(history.get("validation_loss", []), dtype=float)
+    if values.size and np.isfinite(values).any():
+        position = int(np.nanargmin(values))
+        return int(history["epoch"][position]), "validation_loss", float(values[position])
     return None
 
 
@@ -142,6 +146,8 @@ class TrainingBoard:
         metrics: the metrics to plot, one panel each (``'loss'``, ``'dice'``, ...).
         max_epochs: the planned number of epochs, for the ETA (one update per epoch).
         title: shown above the curves.
+        history: the curves of epochs already trained (a resumed run's ``run.history``),
+            drawn from the start.
 
     Example:
         >>> board = TrainingBoard(max_epochs=10)
@@ -151,15 +157,22 @@ class TrainingBoard:
     """
 
     def __init__(self, metrics: Sequence[str] = ("loss", "dice"), max_epochs: int | None = None,
-                 title: str | None = None):
+                 title: str | None = None, history: dict | None = None):
         self.metrics = tuple(metrics)
         self.max_epochs = max_epochs
         self.title = title
         self.history: dict[str, list] = {"epoch": []}
         self.headless = is_headless()
-        self._started = time.perf_counter()
         self._handle = None
         self._closed = False
+        earlier = history or {}
+        for index, epoch in enumerate(earlier.get("epoch", [])):
+            self._record(int(epoch), {key: values[index] for key, values in earlier.items()
+                                      if any(series_for({key: 0}, metric) for metric in self.metrics)})
+        self._replayed = len(self.history["epoch"])
+        self._started = time.perf_counter()
+        if self._replayed and not self.headless:
+            self._redraw()
 
     def update(self, epoch: int, **values: float) -> None:
         """Record the values of one epoch, then redraw (or print one line when headless).
@@ -192,7 +205,7 @@ class TrainingBoard:
     def eta_text(self) -> str:
         """``"12.3 s/epoch, ETA 0:01:40"`` (no ETA without ``max_epochs``)."""
         done = len(self.history["epoch"])
-        per_epoch = (time.perf_counter() - self._started) / max(done, 1)
+        per_epoch = (time.perf_counter() - self._started) / max(done - self._replayed, 1)
         text = f"{per_epoch:.1f} s/epoch"
         if self.max_epochs:
             remaining = max(self.max_epochs - done, 0) * per_epoch
