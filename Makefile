@@ -1,7 +1,9 @@
 # Course Makefile. Every target sets itself up: a fresh machine with Python 3.10+ and pip is enough.
 #   make lab    -> virtual environment + data (synthetic if no real data) + JupyterLab on notebooks/
 #   make test   -> the same set-up, then unit tests and both notebooks under nbval (smoke profile)
-# Variables you may override:  PYTHON, EXTRAS, LAB_IP, LAB_PORT, LAB_ARGS, PROFILE, LABKIT_DATA, LABKIT_RUNS
+#   make hub    -> a JupyterHub for a workshop room on this machine (see README: Running a workshop)
+# Variables you may override:  PYTHON, EXTRAS, LAB_IP, LAB_PORT, LAB_ARGS, HUB_ARGS, PROFILE, LABKIT_DATA,
+#                              LABKIT_RUNS
 
 PYTHON    ?= python3
 VENV      ?= .venv
@@ -17,6 +19,12 @@ LAB_ARGS  ?= --no-browser
 LAB_TOKEN ?= $(if $(filter 127.0.0.1 localhost,$(LAB_IP)),,$(shell od -An -N16 -tx1 /dev/urandom | tr -d ' \n'))
 ROOT_ARG  := $(if $(filter 0,$(shell id -u)),--allow-root)
 PROFILE   ?= cpu
+# Options of `python -m labkit.hub` (--help lists them), e.g. HUB_ARGS="--accounts 25 --ip 0.0.0.0"
+HUB_ARGS  ?=
+# JupyterHub's proxy (npm package configurable-http-proxy), installed into the venv from deploy/proxy/
+PROXY     := $(VENV)/proxy/node_modules/.bin/configurable-http-proxy
+# JupyterLab settings for every lab this course starts: no news prompt (deploy/jupyterlab/overrides.json)
+LAB_SETTINGS := --LabApp.app_settings_dir=$(CURDIR)/deploy/jupyterlab
 export LABKIT_DATA ?= $(CURDIR)/data
 export LABKIT_RUNS ?= $(CURDIR)/runs
 
@@ -24,11 +32,11 @@ comma     := ,
 STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d" " -f1)-$(subst $(comma),_,$(EXTRAS))
 NOTEBOOKS := notebooks/01_vnet_prostate.ipynb notebooks/02_cfcm_lung.ipynb
 
-.PHONY: help setup data lab test test-unit test-notebooks test-browser test-gpu run student bench \
-        refresh-checks export doctor fetch clean
+.PHONY: help setup proxy data lab hub test test-unit test-notebooks test-browser test-gpu run student \
+        bench refresh-checks export doctor fetch clean
 
 help:
-	@echo "make lab | test | run [PROFILE=cpu] | data | student | bench | refresh-checks | doctor | clean"
+	@echo "make lab | hub | test | run [PROFILE=cpu] | data | student | bench | refresh-checks | doctor | clean"
 
 # ---- set-up: one virtual environment, reinstalled only when pyproject.toml or EXTRAS change ----
 $(STAMP): pyproject.toml
@@ -39,6 +47,16 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP)
+
+# npm missing or offline: say so and go on (only `make hub` and its test need the proxy).
+$(PROXY): deploy/proxy/package.json deploy/proxy/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  mkdir -p $(VENV)/proxy && cp deploy/proxy/package.json deploy/proxy/package-lock.json $(VENV)/proxy/ && \
+	  npm ci --prefix $(VENV)/proxy --omit=dev --no-audit --no-fund --loglevel=error && touch $@ \
+	  || echo "warning: npm could not install configurable-http-proxy; make hub needs it"; \
+	else echo "note: npm not found, so JupyterHub's proxy is not installed (only make hub needs it)"; fi
+
+proxy: $(PROXY)
 
 data: setup
 	$(PY) data_scripts/make_phantoms.py --root "$(LABKIT_DATA)"
@@ -52,17 +70,21 @@ doctor: setup
 
 lab: data
 	$(PY) -m labkit doctor --brief || true
-	cd notebooks && ../$(VENV)/bin/jupyter lab --ip=$(LAB_IP) --port=$(LAB_PORT) \
+	cd notebooks && ../$(VENV)/bin/jupyter lab --ip=$(LAB_IP) --port=$(LAB_PORT) $(LAB_SETTINGS) \
 	  --IdentityProvider.token='$(LAB_TOKEN)' $(ROOT_ARG) $(LAB_ARGS)
+
+# One JupyterHub for a room: an account and a private lab per student (root: system accounts).
+hub: data student proxy
+	$(PY) -m labkit.hub $(HUB_ARGS)
 
 # ---- tests ----
 test: data
 	$(MAKE) --no-print-directory test-unit test-notebooks
 
-test-unit: setup
+test-unit: setup proxy
 	LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs $(PY) -m pytest tests -q
 
-test-browser: setup
+test-browser: setup proxy
 	LABKIT_HEADLESS=1 $(PY) -m pytest tests -m browser -q -rs
 
 test-notebooks: data
