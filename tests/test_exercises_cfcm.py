@@ -107,8 +107,15 @@ def per_image_dice(pred, label, eps=1e-3):
     return 2.0 * tf.reduce_sum(binary * label, axis=[1, 2, 3]) / (tf.reduce_sum(binary + label, axis=[1, 2, 3]) + eps)
 
 
+def eps_below_only(pred, label, eps=1e-3):
+    binary = tf.cast(pred > 0.5, tf.float32)
+    return tf.reduce_mean(2.0 * tf.reduce_sum(binary * label, axis=[1, 2, 3])
+                          / (tf.reduce_sum(binary + label, axis=[1, 2, 3]) + eps))
+
+
 @pytest.mark.parametrize("wrong, expected", [
     (soft_dice, "binarise the prediction at 0.5"),
+    (eps_below_only, "add eps to the numerator too"),
     (pooled_dice, "per image"),
     (per_image_dice, "return one number"),
     (lambda pred, label: tf.constant(0.9), "expected 1.000"),

@@ -201,24 +201,26 @@ def _square(size, top, left, side, value=1.0):
 
 
 def _dice_cases():
-    """(name, pred, label, expected) with Dice values worked out by hand."""
+    """(name, prob, label, expected) with Dice values worked out by hand."""
     size = 16
     label_a = _square(size, 2, 2, 4)                   # 16 pixels
     pred_half = _square(size, 2, 4, 4, value=0.6)      # 16 pixels of 0.6, 8 overlap -> 2*8/32
     pred_low = _square(size, 2, 2, 4, value=0.4)       # under the threshold: empty after binarising
     label_b = _square(size, 8, 8, 6)                   # 36 pixels
     pred_b = _square(size, 8, 8, 6, value=0.9)         # perfect after binarising
+    empty = np.zeros((size, size), np.float32)
     batch = lambda *images: np.stack(images)[..., None]  # noqa: E731
     return [
         ("a perfect prediction of probability 0.9", batch(pred_b), batch(label_b), 1.0),
         ("half of a 4x4 square at probability 0.6", batch(pred_half), batch(label_a), 0.5),
         ("a prediction under the 0.5 threshold", batch(pred_low), batch(label_a), 0.0),
         ("a batch of two images (Dice 1.0 and 0.5)", batch(pred_b, pred_half), batch(label_b, label_a), 0.75),
+        ("an image without lung, predicted empty", batch(empty), batch(empty), 1.0),
     ]
 
 
 def check_dice_score(dice_score):
-    """Compare ``dice_score(pred, label)`` with hand-computed values and ``labkit.metrics.dice``."""
+    """Compare ``dice_score(prob, label)`` with hand-computed values and ``labkit.metrics.dice``."""
     if not callable(dice_score):
         raise CheckFailed(f"pass your function itself, e.g. check(dice_score); got a {type(dice_score).__name__}")
     for name, pred, label, expected in _dice_cases():
@@ -233,6 +235,9 @@ def check_dice_score(dice_score):
 
 
 def _dice_slip(name, value, expected, pred, label):
+    if not label.any():
+        return (f"for {name} you gave {value:.3f}, expected {expected:.3f}: add eps to the numerator too, "
+                f"(2 * overlap + eps) / (pixels in pred + pixels in label + eps), so two empty masks match")
     soft = 2 * np.sum(pred * label, axis=(1, 2, 3)) / (np.sum(pred ** 2 + label ** 2, axis=(1, 2, 3)) + 1e-3)
     binary = (pred > 0.5).astype(np.float32)
     per_image = 2 * np.sum(binary * label, axis=(1, 2, 3)) / (np.sum(binary + label, axis=(1, 2, 3)) + 1e-3)
@@ -246,10 +251,8 @@ def _dice_slip(name, value, expected, pred, label):
 
 
 def _compare_with_metrics(dice_score):
-    try:
-        from labkit.metrics import dice as reference_dice
-    except ImportError:  # the metrics module is optional for this check
-        return
+    from labkit.metrics import dice as reference_dice
+
     rng = np.random.default_rng(3)
     pred = rng.uniform(size=(3, 12, 12, 1)).astype(np.float32)
     label = (rng.uniform(size=(3, 12, 12, 1)) > 0.5).astype(np.float32)
@@ -262,9 +265,10 @@ def _compare_with_metrics(dice_score):
 ex_dice_score = Exercise(
     1, "binarised Dice score", check_dice_score,
     hints=[
-        "Threshold the probabilities first: a pixel is lung when pred > 0.5.",
-        "Per image: 2 * sum(binary * label) / (sum(binary) + sum(label) + eps), summing over axes 1, 2, 3.",
-        "binary = tf.cast(pred > 0.5, tf.float32); then tf.reduce_mean of the per-image Dice.",
+        "Threshold the probabilities first: a pixel is lung when prob > 0.5.",
+        "Per image: (2 * sum(pred * label) + eps) / (sum(pred) + sum(label) + eps), summing over axes "
+        "1, 2, 3; eps in both places makes two empty masks a perfect match (Dice 1).",
+        "pred = tf.cast(prob > 0.5, tf.float32); then tf.reduce_mean of the per-image Dice.",
     ],
     lab="cfcm",
 )
