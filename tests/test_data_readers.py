@@ -116,3 +116,28 @@ def test_prediction_back_on_the_original_grid_after_resampling_and_crop(tiny_pro
 def test_to_original_grid_rejects_a_case_without_meta():
     with pytest.raises(ValueError, match="image_meta"):
         prostate.to_original_grid(np.zeros((4, 4, 4)), {"id": "x"})
+
+
+def test_lung_prediction_back_on_the_radiograph_grid(tiny_lung_root):
+    """Crop and resize undone: the prepared label lands on the lungs as read from disk."""
+    padded = 0
+    for case in lung.list_cases(tiny_lung_root):
+        original = lung.load_original(case)
+        prepared = Compose(lung.preprocessing((64, 64)))(case)
+        back = lung.to_original_grid(prepared["label"], original) > 0.5
+        assert back.shape == original["image"].shape == original["label"].shape
+        assert dice(back, original["label"]) > 0.9
+        rows, columns = original["box"]
+        outside = np.ones(back.shape, bool)
+        outside[rows, columns] = False
+        assert not back[outside].any()
+        padded += int(outside.any())
+    assert padded, "the tiny set should hold at least one radiograph with black padding"
+
+
+def test_lung_pixel_spacing_real_and_synthetic(tiny_lung_root, tmp_path):
+    assert lung.pixel_spacing(tiny_lung_root) == (0.7, 0.7)
+    shutil.copytree(tiny_lung_root / "MontgomerySet", tmp_path / "MontgomerySet")
+    (tmp_path / "MontgomerySet" / "SYNTHETIC.txt").unlink()
+    assert lung.pixel_spacing(tmp_path) == (0.0875, 0.0875)
+    assert "0.7 mm" in (tiny_lung_root / "MontgomerySet" / "README.txt").read_text()

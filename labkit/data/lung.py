@@ -10,17 +10,26 @@ Preprocessing, read top to bottom (Lab 2 shows this list)::
 
     load (grayscale, [0, 1]) -> fuse left + right masks into one label
          -> cut black padding -> resize to `size` -> stretch contrast to [0, 1]
+
+Evaluation goes back the other way: :func:`load_original` reads a case as it is on disk (and
+where the padding was cut), :func:`to_original_grid` puts a prediction made on the network's
+grid back on the radiograph's own pixels, and :func:`pixel_spacing` says how many millimetres
+one of them is, so distances come out in mm.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from labkit import paths
-from labkit.data import splits
+from labkit.data import arrays, splits
 from labkit.data.errors import NO_DATA_FIX, NO_DATA_HELP, DataError
 from labkit.data.readers import LoadPNG, is_junk
 from labkit.data.wrappers import CropBlackBorder, FuseMasks, NormalizeIntensity, Resize
+
+MONTGOMERY_PIXEL_SPACING_MM = 0.0875  # both directions, as the set's README documents it
 
 
 def dataset_dir(root=None) -> Path:
@@ -82,3 +91,60 @@ def preprocessing(size=(256, 256)) -> list:
         Resize(["image", "label"], size, orders=(1, 0)),
         NormalizeIntensity(["image"], mode="minmax", per_channel=False),
     ]
+
+
+def pixel_spacing(root=None) -> tuple[float, float]:
+    """Millimetres per pixel (rows, columns) of the radiographs on disk.
+
+    The Montgomery set documents 0.0875 mm in both directions; a synthetic set made by
+    ``make data`` has its own (``labkit.data.phantoms.LUNG_PIXEL_SPACING_MM``, also written in
+    its README.txt).
+    """
+    if paths.data_source(dataset_dir(root)) == "synthetic":
+        from labkit.data.phantoms import LUNG_PIXEL_SPACING_MM
+
+        return (LUNG_PIXEL_SPACING_MM,) * 2
+    return (MONTGOMERY_PIXEL_SPACING_MM,) * 2
+
+
+def load_original(case: dict) -> dict:
+    """A case as read from disk, before any cropping or resizing.
+
+    Args:
+        case: a case of :func:`list_cases` (paths).
+
+    Returns:
+        ``{'id', 'image'`` (H, W) float32 in [0, 1], ``'label'`` (H, W) bool (both lungs),
+        ``'box'`` (row slice, column slice): the part the preprocessing keeps after cutting the
+        black padding}.
+
+    Example:
+        >>> original = load_original(test_cases[0])             # doctest: +SKIP
+        >>> pred = to_original_grid(prob, original) > 0.5       # on the radiograph's pixels
+    """
+    loaded = FuseMasks("left", "right", out="label")(LoadPNG(["image", "left", "right"])(case))
+    crop = CropBlackBorder("image")
+    box = arrays.black_border_box(loaded["image"], crop.threshold)
+    if box is None:
+        crop(loaded)  # raises the DataError that names the file
+    return {"id": case["id"], "image": loaded["image"], "label": loaded["label"] > 0.5, "box": box}
+
+
+def to_original_grid(prob, original: dict) -> np.ndarray:
+    """A probability map on the network's grid, back on the radiograph's own grid.
+
+    Undoes the preprocessing: resized (linear interpolation) to the cropped part of the
+    radiograph, then placed where that part was; the cut padding gets 0.
+
+    Args:
+        prob: (h, w) lung probabilities from the network.
+        original: what :func:`load_original` returned for the same case.
+
+    Returns:
+        (H, W) float32 probabilities on the radiograph's pixels; threshold at 0.5 for a mask.
+    """
+    rows, columns = original["box"]
+    out = np.zeros(original["image"].shape, np.float32)
+    out[rows, columns] = arrays.resize(np.asarray(prob, np.float32), (rows.stop - rows.start,
+                                                                       columns.stop - columns.start), order=1)
+    return out

@@ -305,6 +305,7 @@ class LungGeometry:
 
 
 DEFAULT_LUNG = LungGeometry()
+LUNG_PIXEL_SPACING_MM = 0.7  # the synthetic radiographs' pixel size: the real set's 0.0875 mm x 8
 TINY_LUNG = LungGeometry(long_side=(80, 100))
 
 # Lung outlines in thorax units: x from -1 (image left, patient right) to 1, y from 0 (apex)
@@ -452,7 +453,8 @@ def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0, geometry: Lung
     :func:`write_prostate_set` (``TINY_LUNG``: fast tests). About a third of the cases get the
     ``_1`` suffix the real set uses for abnormal readings."""
     folders = ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask", "ClinicalReadings")
-    readme = "Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n"
+    readme = ("Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n"
+              f"Pixel spacing: {LUNG_PIXEL_SPACING_MM} mm in both directions.\n")
     return _write_set(dataset_dir, folders, {"README.txt": readme}, _write_lung_case,
                       [(number, seed, geometry) for number in range(1, n_cases + 1)], workers, progress)
 
