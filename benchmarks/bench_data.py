@@ -303,14 +303,17 @@ def linear_matches_nilearn(case: dict, spacing) -> dict:
 
 def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     """What the iterator adds to a smoke-profile training epoch (the notebook's augmentation
-    on, PyTorch on the notebook's thread count), two ways side by side.
+    on, PyTorch on the notebook's thread count), three ways side by side.
 
     ``training_epoch``: the training loop over the iterator as the notebook runs it
     (``prefetch=2``: a background thread assembles the next two batches while the network
     trains), with the time the loop waits for each batch clocked inside it: that wait, as a
     share of the epoch, is the overhead judged against the target (everything but the network,
     measured where it happens). ``training_epoch_in_turn`` (``prefetch=0``: each batch
-    assembled when asked) is clocked the same way. ``training_epoch_premade``: the same loop
+    assembled when asked) is clocked the same way, and so is ``training_epoch_ndimage_affine``:
+    the notebook's way with the in-plane affine augmentation sampled by
+    ``ndimage.affine_transform`` instead of labkit's ``affine_in_plane`` (same values; this is
+    what shows whether that fast path earns its keep). ``training_epoch_premade``: the same loop
     over the same batches assembled beforehand, so only the network's work is left; the paired
     difference (real - premade, repeat by repeat, median) is reported beside each as a
     cross-check that catches costs the wait misses (caches the iterator evicts, the thread
@@ -331,15 +334,17 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     chosen = cases[: settings.max_cases] if settings.max_cases else cases
     epochs = 2 if config.get("quick") else EPOCHS_PER_SAMPLE
 
-    def iterator(prefetch):
+    def iterator(prefetch, each_batch=None):
         with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
             return BatchIterator(chosen, settings.batch_size,
                                  before=prostate.preprocessing(settings.spacing, settings.image_size),
-                                 each_batch=vnet_augmentation(), cache=cache_dir, progress=False,
-                                 prefetch=prefetch)
+                                 each_batch=each_batch or vnet_augmentation(), cache=cache_dir,
+                                 progress=False, prefetch=prefetch)
 
+    with_ndimage = _with_ndimage_affine(vnet_augmentation())
     iterators = {"training_epoch": iterator(2),  # as the notebook: 2 ahead, in a thread
-                 "training_epoch_in_turn": iterator(0)}  # each batch made when asked
+                 "training_epoch_in_turn": iterator(0),  # each batch made when asked
+                 "training_epoch_ndimage_affine": iterator(2, with_ndimage)}
     net, net_source = _smoke_net(settings)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
 
@@ -411,16 +416,44 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
                                             / timings["training_epoch_in_turn"]["median_s"], 5)}
 
 
+def _with_ndimage_affine(transforms: list) -> list:
+    """``transforms`` with each ``RandomAffine`` drawing the same parameters but sampling through
+    ``ndimage.affine_transform``, channel by channel (the plain scipy way)."""
+    from scipy import ndimage
+
+    from labkit.data.augment import Affine, RandomAffine
+
+    class NdimageAffine(Affine):
+        def __call__(self, case):
+            case, matrix = dict(case), self.matrix()
+            for key, order in zip(self.keys, self.orders, strict=True):
+                array = np.asarray(case[key], dtype=np.float32)
+                if self.degrees != 0.0 or self.scale != 1.0:
+                    centre = (np.array(array.shape[-3:]) - 1) / 2
+                    array = np.stack([ndimage.affine_transform(channel, matrix, centre - matrix @ centre,
+                                                               order=order, cval=0.0) for channel in array])
+                case[key] = array
+            return case
+
+    class NdimageRandomAffine(RandomAffine):
+        def draw(self, rng):
+            drawn = super().draw(rng)
+            return NdimageAffine(drawn.keys, drawn.orders, drawn.degrees, drawn.scale, drawn.spatial_dims)
+
+    return [NdimageRandomAffine(t.keys, t.orders, t.degrees, t.scale, t.probability, t.spatial_dims)
+            if isinstance(t, RandomAffine) else t for t in transforms]
+
+
 def _smoke_net(settings):
     from lab_code import LabCodeMissing, build_lab_vnet, load_lab
     from seed_reference import build_seed_vnet
 
     try:
         namespace, source = load_lab("vnet")
-        return build_lab_vnet(namespace, settings.n_filters, settings.normalization), f"lab V-Net ({source})"
+        return build_lab_vnet(namespace, settings.base_filters, settings.normalization), f"lab V-Net ({source})"
     except LabCodeMissing as error:
         log(f"data: lab V-Net not available ({error}); using the seed formulation with batchnorm")
-        return (build_seed_vnet(n_filters=settings.n_filters, normalization="batchnorm",
+        return (build_seed_vnet(n_filters=settings.base_filters, normalization="batchnorm",
                                 data_parallel=False), "seed V-Net formulation (batchnorm; lab code missing)")
 
 
