@@ -53,9 +53,9 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing, order: int = 1):
     """Resample the last three axes onto an axis-aligned grid of ``spacing`` mm.
 
     An axis-aligned input (every case after reorientation, unless oblique) is resampled one
-    axis at a time (:func:`resample_axis`), which gives what ``ndimage.affine_transform`` gives
-    and is several times faster; ``make bench`` (data section, cold preparation) shows the
-    difference in the time a first run waits. Oblique inputs go through
+    axis at a time (:func:`separable_resample`): the values of ``ndimage.affine_transform``,
+    several times faster. A first run waits for it: it keeps the cold preparation that
+    ``make bench`` times (data section) within its target. Oblique inputs go through
     ``ndimage.affine_transform``.
 
     Args:
@@ -127,10 +127,10 @@ def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, o
 
     Every (x, y) plane of every channel shares one set of source positions: the output is a
     weighted sum of 4 gathers of whole z columns (1 for nearest neighbour), then the third axis
-    is resampled on its own (:func:`resample_axis`). The augmentation runs on every batch of
-    every epoch, and ``make bench`` (data section, iterator overhead) shows a training loop
-    waiting measurably longer for ``ndimage.affine_transform``; the values are the same
-    (``tests/test_data_transforms.py``).
+    is resampled on its own. The augmentation runs on every batch of every epoch, in the thread
+    that prefetches batches while a network trains: ``make bench`` (data section, iterator
+    overhead) shows a CPU training epoch measurably longer with ``ndimage.affine_transform`` in
+    that thread. The values are the same (``tests/test_data_transforms.py``).
     """
     array = np.asarray(array, dtype=np.float32)
     dims = len(offset)
