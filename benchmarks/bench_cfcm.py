@@ -36,7 +36,9 @@ def run(config: dict) -> dict:
     quick = bool(config.get("quick"))
     repeats = int(config.get("repeats", 3))
     keras.utils.set_random_seed(0)
-    namespace, source = _lab_code()
+    from labkit.labs import cfcm as namespace
+
+    source = "labkit/labs/cfcm.py"
     cpu = get_profile("cpu").cfcm
     gpu = get_profile("gpu").cfcm
     if quick:
@@ -64,12 +66,6 @@ def run(config: dict) -> dict:
     log(f"cfcm: networks {network_case}")
     result["networks"] = network_comparison(namespace, network_case, repeats)
     return result
-
-
-def _lab_code():
-    from lab_code import load_lab
-
-    return load_lab("cfcm")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -323,10 +323,10 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     without a network is reported beside it.
     """
     import torch
-    from lab_code import vnet_augmentation
 
     from labkit import torch_utils
     from labkit.data import BatchIterator, prostate
+    from labkit.labs.vnet import augmentation
     from labkit.profiles import get_profile
 
     threads = torch_utils.cpu_threads()  # as the notebook does: all cores but one
@@ -338,10 +338,10 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
         with tempfile.TemporaryDirectory(prefix="labkit-bench-cache-") as cache_dir:
             return BatchIterator(chosen, settings.batch_size,
                                  before=prostate.preprocessing(settings.spacing, settings.image_size),
-                                 each_batch=each_batch or vnet_augmentation(), cache=cache_dir,
+                                 each_batch=each_batch or augmentation, cache=cache_dir,
                                  progress=False, prefetch=prefetch)
 
-    with_ndimage = _with_ndimage_affine(vnet_augmentation())
+    with_ndimage = _with_ndimage_affine(augmentation)
     iterators = {"training_epoch": iterator(2),  # as the notebook: 2 ahead, in a thread
                  "training_epoch_in_turn": iterator(0),  # each batch made when asked
                  "training_epoch_ndimage_affine": iterator(2, with_ndimage)}
@@ -445,16 +445,9 @@ def _with_ndimage_affine(transforms: list) -> list:
 
 
 def _smoke_net(settings):
-    from lab_code import LabCodeMissing, build_lab_vnet, load_lab
-    from seed_reference import build_seed_vnet
+    from labkit.labs.vnet import VNet
 
-    try:
-        namespace, source = load_lab("vnet")
-        return build_lab_vnet(namespace, settings.base_filters, settings.normalization), f"lab V-Net ({source})"
-    except LabCodeMissing as error:
-        log(f"data: lab V-Net not available ({error}); using the seed formulation with batchnorm")
-        return (build_seed_vnet(n_filters=settings.base_filters, normalization="batchnorm",
-                                data_parallel=False), "seed V-Net formulation (batchnorm; lab code missing)")
+    return VNet(2, 1, settings.base_filters, settings.normalization), "lab V-Net (labkit/labs/vnet.py)"
 
 
 def _dice_loss(probabilities, target, eps: float = 1e-5):

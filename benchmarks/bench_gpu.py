@@ -31,7 +31,7 @@ def run(config: dict) -> dict:
     torch.backends.cudnn.benchmark = True
     image = torch.randn(batch_size, 2, *size, device=device)
     label = (torch.rand(batch_size, 1, *size, device=device) > 0.7).float()
-    variants, lab_source = _variants(settings.n_filters, device)
+    variants, lab_source = _variants(settings.base_filters, device)
     rows = {}
     for name, (net, amp, channels_last) in variants.items():
         log(f"gpu: {name}")
@@ -42,7 +42,7 @@ def run(config: dict) -> dict:
     fp32 = rows.get("lab_fp32")
     return {
         "device": torch.cuda.get_device_name(0), "size": list(size), "batch_size": batch_size,
-        "n_filters": settings.n_filters, "repeats": repeats, "lab_source": lab_source,
+        "base_filters": settings.base_filters, "repeats": repeats, "lab_source": lab_source,
         "amp_dtype": str(_amp_dtype()).replace("torch.", ""), "networks": rows,
         "speedup_vs_lab_fp32": {name: ratio(fp32, row) for name, row in rows.items()} if fp32 else {},
         "speedup_vs_seed": {name: ratio(rows["seed_fp32"], row) for name, row in rows.items()},
@@ -55,23 +55,20 @@ def _amp_dtype():
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _variants(n_filters: int, device) -> tuple[dict, str]:
+def _variants(base_filters: int, device) -> tuple[dict, str]:
     import torch
-    from lab_code import LabCodeMissing, build_lab_vnet, load_lab
     from seed_reference import build_seed_vnet
 
-    variants = {"seed_fp32": (build_seed_vnet(n_filters=n_filters).to(device), False, False)}
-    try:
-        namespace, source = load_lab("vnet")
-    except LabCodeMissing as error:
-        return variants, f"not available: {error}"
+    from labkit.labs.vnet import VNet
+
+    variants = {"seed_fp32": (build_seed_vnet(n_filters=base_filters).to(device), False, False)}
     for name, amp, channels_last in (("lab_fp32", False, False), ("lab_amp", True, False),
                                      ("lab_amp_channels_last_3d", True, True)):
-        net = build_lab_vnet(namespace, n_filters=n_filters).to(device)
+        net = VNet(2, 1, base_filters).to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
         variants[name] = (net, amp, channels_last)
-    return variants, source
+    return variants, "labkit/labs/vnet.py"
 
 
 def _measure(net, image, label, amp: bool, channels_last: bool, repeats: int) -> dict:

@@ -22,10 +22,10 @@ def run(config: dict) -> dict:
     quick = bool(config.get("quick"))
     size = tuple(config.get("size", (16, 16, 16) if quick else (128, 128, 64)))
     batch_size = int(config.get("batch_size", 2 if quick else 1))  # MONAI's BatchNorm needs 2 at 16^3
-    n_filters = int(config.get("n_filters", 16))
+    base_filters = int(config.get("base_filters", 16))
     repeats = int(config.get("repeats", 2))
     torch.manual_seed(0)
-    nets, lab_source = build_networks(n_filters, include_monai=True)
+    nets, lab_source = build_networks(base_filters, include_monai=True)
     image = torch.randn(batch_size, 2, *size)
     label = (torch.rand(batch_size, 1, *size) > 0.7).float()
     log(f"vnet: {', '.join(nets)} at {size}, batch {batch_size}, {torch.get_num_threads()} threads")
@@ -39,7 +39,7 @@ def run(config: dict) -> dict:
                           samples_per_s=round(batch_size / timings[name]["median_s"], 4))
     return {
         "device": "cpu", "threads": torch.get_num_threads(), "size": list(size),
-        "batch_size": batch_size, "n_filters": n_filters, "repeats": repeats,
+        "batch_size": batch_size, "base_filters": base_filters, "repeats": repeats,
         "lab_source": lab_source, "networks": rows,
         "speedup_vs_seed": {name: ratio(rows["seed"], row) for name, row in rows.items() if name != "seed"},
         "targets": [speed_target(f"lab V-Net vs seed formulation, CPU step at {'x'.join(map(str, size))}",
@@ -47,19 +47,16 @@ def run(config: dict) -> dict:
     }
 
 
-def build_networks(n_filters: int, include_monai: bool = True) -> tuple[dict, str]:
-    """``({name: net}, where the lab's code came from)``; the lab's is left out if missing."""
-    from lab_code import LabCodeMissing, build_lab_vnet, load_lab
+def build_networks(base_filters: int, include_monai: bool = True) -> tuple[dict, str]:
+    """``({name: net}, where the lab's code came from)``."""
     from seed_reference import build_seed_vnet
 
-    nets = {"seed": build_seed_vnet(n_filters=n_filters),
-            "seed_nn_groupnorm": build_seed_vnet(n_filters=n_filters, hand_written_norm=False)}
-    try:
-        namespace, lab_source = load_lab("vnet")
-        nets["lab"] = build_lab_vnet(namespace, n_filters=n_filters, normalization="groupnorm")
-    except LabCodeMissing as error:
-        lab_source = f"not available: {error}"
-        log(f"vnet: lab V-Net {lab_source}")
+    from labkit.labs.vnet import VNet
+
+    nets = {"seed": build_seed_vnet(n_filters=base_filters),
+            "seed_nn_groupnorm": build_seed_vnet(n_filters=base_filters, hand_written_norm=False),
+            "lab": VNet(2, 1, base_filters, "groupnorm")}
+    lab_source = "labkit/labs/vnet.py"
     if include_monai:
         from monai.networks.nets import VNet as MonaiVNet
 

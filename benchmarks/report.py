@@ -151,9 +151,9 @@ def data_section(section: dict | None) -> list[str]:
                   "epoch made in turn).", "",
                   "| way | epoch (s) | loop waits (median / max) | paired difference (median; quartiles) |",
                   "|---|---|---|---|"]
-        names = {"training_epoch": "`prefetch=2` (the notebook: worker process on Linux)",
+        names = {"training_epoch": "`prefetch=2` (the notebook: a background thread)",
                  "training_epoch_in_turn": "`prefetch=0` (each batch made when asked)",
-                 "training_epoch_thread": "`prefetch=2, prefetch_in='thread'`"}
+                 "training_epoch_ndimage_affine": "`prefetch=2`, affine by `ndimage.affine_transform`"}
         for name, label in names.items():
             way = ways.get(name)
             if not way or name not in timings:
@@ -185,7 +185,7 @@ def vnet_section(section: dict | None) -> list[str]:
         return note
     lines = [f"One training step (forward, Dice loss, backward, Adam) on CPU, "
              f"{section['threads']} threads, input {section['size']}, batch {section['batch_size']}, "
-             f"{section['n_filters']} filters, {section['repeats']} repeats interleaved. "
+             f"{section['base_filters']} filters, {section['repeats']} repeats interleaved. "
              f"Lab code from {section['lab_source']}. `seed`: the old formulation (hand-written "
              "GroupNorm3D, `nn.DataParallel`); `seed_nn_groupnorm`: the same with `nn.GroupNorm`; "
              "`monai`: `monai.networks.nets.VNet` (its defaults).", ""]
@@ -233,7 +233,7 @@ def gpu_section(section: dict | None) -> list[str]:
     if note:
         return note
     lines = [f"{section['device']}, input {section['size']}, batch {section['batch_size']}, "
-             f"{section['n_filters']} filters, mixed precision in {section['amp_dtype']}.", ""]
+             f"{section['base_filters']} filters, mixed precision in {section['amp_dtype']}.", ""]
     rows = [[name, _seconds(row["min_s"]), _seconds(row["median_s"]), _number(row["samples_per_s"]),
              _number(row["peak_gpu_memory_mb"]), _times(section["speedup_vs_seed"].get(name))]
             for name, row in section["networks"].items()]
@@ -247,46 +247,68 @@ def notebooks_section(section: dict | None) -> list[str]:
         return note
     rows = []
     for run in section["runs"]:
-        dice = ", ".join(_number(m.get("validation_dice")) for m in run.get("metrics", [])) or "–"
-        rows.append([run["notebook"], run["profile"], _seconds(run.get("wall_time_s")),
-                     run["status"], dice])
-    lines = _table(["Notebook", "profile", "wall s", "status", "validation Dice"], rows)
+        rows.append([run["notebook"], run["profile"], run["board"], _seconds(run.get("wall_time_s")),
+                     _seconds(run.get("training_s")), _seconds(run.get("epoch_s_median")),
+                     run.get("epochs", "–"), _number(run.get("validation_dice")), _number(run.get("test_dice")),
+                     run["status"]])
+    lines = ["Each notebook as shipped, executed top to bottom in a fresh kernel: once with the live "
+             "board and progress bars drawn as in JupyterLab, once headless. Training s: the main "
+             "run's epochs (validation included); validation Dice: its best epoch.", ""]
+    lines += _table(["Notebook", "profile", "board", "whole notebook s", "training s", "s / epoch",
+                     "epochs", "validation Dice", "test Dice", "status"], rows)
     if section.get("not_measured"):
-        lines += [f"Profiles {NOT_MEASURED}: {', '.join(section['not_measured'])} "
-                  "(`run_all.py --notebooks smoke,cpu`).", ""]
+        lines += [f"Profiles {NOT_MEASURED}: {', '.join(section['not_measured'])}.", ""]
     return lines
 
 
-def learning_section(section: dict | None) -> list[str]:
+def threads_section(section: dict | None) -> list[str]:
     note = _status_line(section)
     if note:
         return note
+    lines = [f"The notebook's own epoch (training, validation, checkpoint, board line), cpu profile, in a "
+             f"fresh process per configuration, {section['epochs_per_process']} epochs after a warm-up "
+             f"one, configurations alternated {section['repeats']} times; medians. The machine has "
+             f"{section['cores_available']} usable cores.", ""]
+    for lab in sorted(section["labs"], key=_lab_order):
+        part = section["labs"][lab]
+        rows = [[name, _seconds(row["median_s"]), _seconds(row["min_s"]),
+                 "**fastest**" if name in part["fastest"].values() else ""] for name, row in part["rows"].items()]
+        lines += [f"**{'Lab 1 V-Net' if lab == 'vnet' else 'Lab 2 CFCM'}**", ""]
+        lines += _table(["configuration", "median s / epoch", "min s / epoch", ""], rows)
+    if section.get("not_measured"):
+        lines += [f"Not measured: {', '.join(section['not_measured'])}.", ""]
+    return lines
+
+
+def _learning_runs(results: dict) -> dict:
+    """{lab: the cpu-profile notebook run with the board on} from the notebooks section."""
+    section = results["sections"].get("notebooks") or {}
+    return {run["lab"]: run for run in section.get("runs", [])
+            if run.get("profile") == "cpu" and run.get("board") == "on" and run.get("curve")}
+
+
+def learning_section(results: dict) -> list[str]:
+    runs = _learning_runs(results)
+    if not runs:
+        return [f"_{NOT_MEASURED}: no cpu-profile notebook run in this report._", ""]
     rows = []
-    parts = section.get("parts", {})
-    for lab in sorted(parts, key=_lab_order):
-        part = parts[lab]
-        if part.get("status") != "measured":
-            rows.append([lab, part.get("status"), "–", "–", "–", "–", part.get("error", part.get("reason", ""))])
-            continue
-        curve = part["curve"]
-        best = max(curve, key=lambda point: point["validation_dice"]) if curve else None
-        rows.append([lab, part["profile"], len(curve), _seconds(curve[-1]["time_s"]) if curve else "–",
-                     _seconds(curve[-1].get("cpu_s")) if curve else "–",
-                     f"{best['validation_dice']:.3f} (epoch {best['epoch']}, {best['time_s']:.0f} s)" if best else "–",
-                     f"{part['train_cases']} train / {part['validation_cases']} validation cases"])
-    return ["![validation Dice against wall-clock time](learning_curves.png)", "",
-            "Training time is wall-clock from the first step (cases prepared beforehand); CPU s is "
-            "this process's processor time over all its threads: on a busy shared machine the gap "
-            "between the two is time taken by other users.", ""] + _table(
-        ["Lab", "profile", "epochs", "training s", "CPU s", "best validation Dice", "data"], rows)
+    for lab in sorted(runs, key=_lab_order):
+        curve = runs[lab]["curve"]
+        best = max(curve, key=lambda point: point["validation_dice"])
+        rows.append([lab, len(curve), _seconds(curve[-1]["time_s"]),
+                     f"{best['validation_dice']:.3f} (epoch {best['epoch']}, {best['time_s']:.0f} s)"])
+    return ["![validation Dice against training time](learning_curves.png)", "",
+            "The main run of each cpu-profile notebook (board on): validation Dice against the seconds "
+            "of training a student waits for.", ""] + _table(
+        ["Lab", "epochs", "training s", "best validation Dice"], rows)
 
 
 SECTIONS = [("data", "1. Data preparation (Lab 1 prostate set)", data_section),
             ("vnet", "2. Lab 1 network: V-Net training step (CPU)", vnet_section),
             ("cfcm", "3. Lab 2: ConvLSTM cell and CFCM34", cfcm_section),
             ("gpu", "GPU (fp32 vs mixed precision, channels_last_3d)", gpu_section),
-            ("notebooks", "4. Whole notebooks", notebooks_section),
-            ("learning", "5. Learning: validation Dice against wall-clock time", learning_section)]
+            ("threads", "4. Thread policy: the epoch a student waits for", threads_section),
+            ("notebooks", "5. Whole notebooks, board on and headless", notebooks_section)]
 
 
 def markdown(results: dict) -> str:
@@ -317,6 +339,7 @@ def markdown(results: dict) -> str:
             lines += [f"_measured {section['measured_at']}, {section.get('section_wall_s', '?')} s"
                       f"{load_note}_", ""]
         lines += render(section)
+    lines += ["## 6. Learning: validation Dice against training time", ""] + learning_section(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -334,12 +357,11 @@ def plot_learning_curves(results: dict, path: Path) -> Path:
 
     from labkit.io import atomic_path
 
-    parts = (results["sections"].get("learning") or {}).get("parts", {})
+    runs = _learning_runs(results)
     targets = {"vnet": (0.85, "Lab 1 V-Net (prostate MRI)"), "cfcm": (0.90, "Lab 2 CFCM (chest X-ray)")}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, (lab, (target, title)) in zip(axes, targets.items(), strict=True):
-        part = parts.get(lab) or {}
-        curve = part.get("curve") or []
+        curve = (runs.get(lab) or {}).get("curve") or []
         ax.set_title(title)
         ax.set_xlabel("training time (minutes)")
         ax.set_ylabel("Dice (0.5 threshold)")
@@ -355,8 +377,7 @@ def plot_learning_curves(results: dict, path: Path) -> Path:
             ax.text(0.5, 0.5, NOT_MEASURED, ha="center", va="center", transform=ax.transAxes)
             ax.set_xlim(0, 10.5)
         ax.legend(loc="lower right", fontsize="small")
-    profile = next((part.get("profile") for part in parts.values() if part.get("profile")), "cpu")
-    figure.suptitle(f"{profile} profile, synthetic data")
+    figure.suptitle("cpu profile, synthetic data, the notebooks as shipped (board on)")
     path = Path(path)
     with atomic_path(path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=100, format="png")

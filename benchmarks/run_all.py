@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # everything (make bench)
     .venv/bin/python benchmarks/run_all.py --only data --repeats 2           # one section
     .venv/bin/python benchmarks/run_all.py --quick --out /tmp/bench          # tiny sizes (the test)
-    .venv/bin/python benchmarks/run_all.py --notebooks smoke,cpu             # cpu notebooks too (~20 min)
+    .venv/bin/python benchmarks/run_all.py --only notebooks --notebooks smoke # smoke notebooks only
 
 Sections (each in its own process, so PyTorch and TensorFlow never share one): ``data``,
-``vnet``, ``cfcm``, ``gpu``, ``notebooks``, ``learning``. With ``--only``, the other sections
-of an earlier ``latest.json`` from the same machine and mode are kept.
+``vnet``, ``cfcm``, ``gpu``, ``threads``, ``notebooks`` (whole notebooks as shipped, board on and
+headless; their main runs give the learning curves). With ``--only``, the other sections of an
+earlier ``latest.json`` from the same machine and mode are kept.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ SECTIONS = {
     "vnet": [("vnet", "bench_vnet.py", {})],
     "cfcm": [("cfcm", "bench_cfcm.py", {})],
     "gpu": [("gpu", "bench_gpu.py", {})],
+    "threads": [("threads", "bench_threads.py", {})],
     "notebooks": [("notebooks", "bench_notebooks.py", {})],
-    "learning": [("vnet", "bench_learning.py", {"lab": "vnet"}),
-                 ("cfcm", "bench_learning.py", {"lab": "cfcm"})],
 }
 DEFAULT_REPEATS = {"data": 5, "vnet": 2, "cfcm": 5, "gpu": 10}
 SECTION_TIMEOUT_S = 3 * 3600
@@ -49,10 +49,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats per variant (default per section: "
                              + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items()) + ")")
-    parser.add_argument("--notebooks", default="smoke",
-                        help="profiles whose notebooks are timed, comma-separated (smoke, cpu)")
-    parser.add_argument("--learning-budget", type=float, default=None,
-                        help="seconds of training per lab in the learning section (default 600)")
+    parser.add_argument("--notebooks", default="smoke,cpu",
+                        help="profiles whose notebooks are timed, comma-separated (default smoke,cpu)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="data root holding Task05_Prostate and MontgomerySet (default $LABKIT_DATA)")
     parser.add_argument("--render", action="store_true",
@@ -85,14 +83,12 @@ def section_config(name: str, args) -> dict:
         config["data_root"] = str(args.data_root.resolve())
     if name == "notebooks":
         config["profiles"] = [p.strip() for p in args.notebooks.split(",") if p.strip()]
-    if name == "learning" and args.learning_budget is not None:
-        config["budget_s"] = args.learning_budget
     return config
 
 
 def run_part(script: str, config: dict) -> dict:
     """Run one section script in a fresh process; its result, or why there is none."""
-    environment = dict(os.environ, LABKIT_HEADLESS="1", PYTHONUNBUFFERED="1",
+    environment = dict(os.environ, PYTHONUNBUFFERED="1",
                        TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     if config.get("data_root"):
         environment["LABKIT_DATA"] = config["data_root"]

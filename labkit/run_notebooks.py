@@ -1,8 +1,8 @@
 """Run the labs headless and keep the results (``make run``).
 
 Each notebook is executed with papermill (parameter ``PROFILE=<profile>``, kernel ``python3``,
-working directory = the notebook's folder, ``LABKIT_HEADLESS=1``, ``LABKIT_DATA`` and
-``LABKIT_RUNS`` made absolute from the current folder) and written to
+working directory = the notebook's folder, ``LABKIT_HEADLESS=1`` unless ``--live``, ``LABKIT_DATA``
+and ``LABKIT_RUNS`` made absolute from the current folder) and written to
 ``<out>/<name>.ipynb`` with an HTML copy ``<out>/<name>.html``. The wall time of each notebook
 is printed. A notebook that fails is still written (its error is in the executed copy); the
 command then exits non-zero naming the notebook and the cell.
@@ -45,14 +45,17 @@ class RunResult:
     error: str | None = None
 
 
-def pin_environment(profile: str) -> None:
+def pin_environment(profile: str, headless: bool = True) -> None:
     """Set what the kernels inherit: the profile, headless drawing, and absolute data/run roots.
+
+    ``headless=False`` leaves the live board and progress bars on, as in JupyterLab (the
+    benchmarks time both).
 
     The kernel runs in the notebook's folder, so a relative ``LABKIT_DATA`` / ``LABKIT_RUNS`` is
     resolved here, from the folder the command was started in (as ``make`` does), not from
     ``notebooks/``; unset, they are the course checkout's ``data/`` and ``runs/``.
     """
-    os.environ["LABKIT_HEADLESS"] = "1"
+    os.environ["LABKIT_HEADLESS"] = "1" if headless else "0"
     os.environ["LABKIT_PROFILE"] = profile
     os.environ["LABKIT_DATA"] = str(paths.data_root())
     os.environ["LABKIT_RUNS"] = str(paths.runs_root())
@@ -82,8 +85,8 @@ def export_html(executed_path: Path, html_path: Path) -> Path:
 
 
 def run_notebook(notebook: Path, out_dir: Path, profile: str, html: bool = True,
-                 timeout: int | None = None) -> RunResult:
-    """Execute one notebook headless with papermill; never raises for a failing cell.
+                 timeout: int | None = None, headless: bool = True) -> RunResult:
+    """Execute one notebook with papermill (headless unless asked); never raises for a failing cell.
 
     Args:
         notebook: the notebook to run.
@@ -91,6 +94,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, html: bool = True,
         profile: ``smoke``, ``cpu`` or ``gpu`` (papermill parameter ``PROFILE``).
         html: also write the HTML copy.
         timeout: seconds per cell (None: no limit).
+        headless: False draws the live board and bars as in JupyterLab.
 
     Returns:
         A :class:`RunResult`; ``error`` names the failing cell when the run failed.
@@ -100,7 +104,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, html: bool = True,
 
     read_notebook(notebook)  # a clear error for a missing or broken file
     executed = out_dir / notebook.name
-    pin_environment(profile)
+    pin_environment(profile, headless)
     start = time.perf_counter()
     error = None
     with atomic_path(executed, suffix=".ipynb") as partial:
@@ -124,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML copies")
     parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
+    parser.add_argument("--live", action="store_true",
+                        help="draw the live board and progress bars as in JupyterLab (to time them)")
     args = parser.parse_args(argv)
 
     def run_one(notebook: Path) -> None:
         try:
-            result = run_notebook(notebook, args.out, args.profile, not args.no_html, args.timeout)
+            result = run_notebook(notebook, args.out, args.profile, not args.no_html, args.timeout,
+                                  headless=not args.live)
         except NotebookError:
             raise
         except Exception as error:  # the kernel died or would not start: say which notebook

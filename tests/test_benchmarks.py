@@ -53,9 +53,9 @@ def test_quick_run_writes_json_markdown_and_png(tiny_prostate_root, tmp_path):
     assert setting["geometry"]["label_dice_min"] >= 0.99
     assert any("oblique" in row["orientation"] for row in setting["geometry"]["cases"])
     overhead = data["epoch_overhead"]
-    assert set(overhead["timings"]) == {"training_epoch", "training_epoch_in_turn", "training_epoch_thread",
+    assert set(overhead["timings"]) == {"training_epoch", "training_epoch_in_turn", "training_epoch_ndimage_affine",
                                         "training_epoch_premade", "iterator_work_no_network"}
-    assert set(overhead["ways"]) == {"training_epoch", "training_epoch_in_turn", "training_epoch_thread"}
+    assert set(overhead["ways"]) == {"training_epoch", "training_epoch_in_turn", "training_epoch_ndimage_affine"}
     assert 0 < overhead["overhead_fraction"] <= overhead["overhead_fraction_max"] < 1  # clocked waits
     assert -1 < overhead["paired_difference_fraction_median"] < 1  # a difference of two timings: may be < 0
     assert 0 < overhead["iterator_work_fraction"] < 1
@@ -69,9 +69,9 @@ def test_quick_run_writes_json_markdown_and_png(tiny_prostate_root, tmp_path):
     assert sections["gpu"]["status"] in ("measured", "not measured")
 
     text = (out / "latest.md").read_text()
-    for heading in ("## Targets", "## 1. Data preparation", "## 2. Lab 1 network", "## 5. Learning"):
+    for heading in ("## Targets", "## 1. Data preparation", "## 2. Lab 1 network", "## 6. Learning"):
         assert heading in text
-    assert "not measured: this section was not run" in text  # cfcm and learning were left out
+    assert "not measured: this section was not run" in text  # cfcm and threads were left out
     assert (out / "learning_curves.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -91,10 +91,8 @@ def test_unknown_section_is_refused(capsys):
 
 
 def test_section_config_passes_options_through(tmp_path):
-    args = run_all.parse_arguments(["--repeats", "4", "--notebooks", "smoke,cpu",
-                                    "--learning-budget", "30", "--data-root", str(tmp_path)])
-    assert run_all.section_config("notebooks", args)["profiles"] == ["smoke", "cpu"]
-    assert run_all.section_config("learning", args)["budget_s"] == 30
+    args = run_all.parse_arguments(["--repeats", "4", "--notebooks", "smoke", "--data-root", str(tmp_path)])
+    assert run_all.section_config("notebooks", args)["profiles"] == ["smoke"]
     assert run_all.section_config("data", args)["repeats"] == 4
     assert run_all.section_config("data", args)["data_root"] == str(tmp_path.resolve())
     defaults = run_all.parse_arguments([])
@@ -107,23 +105,41 @@ def _results(sections: dict) -> dict:
             "quick": False, "sections": sections, "finished_at": "2026-01-01T00:00:00Z"}
 
 
+def _notebook_run(lab, board, wall, epoch_s, curve):
+    return {"lab": lab, "notebook": f"{lab}.ipynb", "profile": "cpu", "board": board, "status": "ok",
+            "wall_time_s": wall, "epoch_s_median": epoch_s, "curve": curve}
+
+
+CURVE = [{"epoch": 1, "time_s": 30.0, "train_dice": 0.5, "validation_dice": 0.6},
+         {"epoch": 2, "time_s": 61.0, "train_dice": 0.7, "validation_dice": 0.8}]
+
+
+def test_notebook_targets_judge_the_runs_with_the_board_on():
+    import bench_notebooks
+
+    found = {target["name"]: target for target in bench_notebooks.targets([
+        _notebook_run("vnet", "on", 600.0, 5.1, CURVE), _notebook_run("vnet", "headless", 590.0, 5.0, CURVE)])}
+    whole = next(target for name, target in found.items() if "whole cpu notebook" in name)
+    assert (whole["measured"], whole["met"]) == (10.0, True) and "1.73x faster than before" in whole["name"]
+    dice = next(target for name, target in found.items() if "best validation Dice" in name)
+    assert (dice["measured"], dice["met"]) == (0.8, False)
+    board = next(target for name, target in found.items() if "board and bars" in name)
+    assert board["measured"] == pytest.approx(0.02) and board["met"]
+
+
 def test_markdown_says_why_a_section_has_no_numbers(tmp_path):
     text = report.markdown(_results({
         "data": {"status": "failed", "error": "DataError: no data found"},
         "gpu": {"status": "not measured", "reason": "no CUDA GPU visible"},
-        "learning": {"status": "measured", "parts": {
-            "vnet": {"status": "measured", "profile": "cpu", "train_cases": 3, "validation_cases": 1,
-                     "curve": [{"epoch": 1, "time_s": 30.0, "train_dice": 0.5, "validation_dice": 0.6},
-                               {"epoch": 2, "time_s": 61.0, "train_dice": 0.7, "validation_dice": 0.8}],
-                     "targets": [{"name": "Lab 1", "target": ">= 0.85", "measured": 0.8,
-                                  "unit": "Dice", "met": False}]},
-            "cfcm": {"status": "failed", "error": "boom"}}},
+        "notebooks": {"status": "measured", "runs": [_notebook_run("vnet", "on", 600.0, 5.1, CURVE)],
+                      "targets": [{"name": "Lab 1", "target": ">= 0.85", "measured": 0.8,
+                                   "unit": "Dice", "met": False}]},
     }))
     assert "_failed: DataError: no data found_" in text
     assert "_not measured: no CUDA GPU visible_" in text
     assert "| Lab 1 | >= 0.85 | 0.8 |  | **no** |" in text
     assert "0.800 (epoch 2, 61 s)" in text
-    path = report.plot_learning_curves(_results({"learning": {"parts": {}}}), tmp_path / "curves.png")
+    path = report.plot_learning_curves(_results({}), tmp_path / "curves.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 
