@@ -4,11 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
 import labkit.viz.board as board_module
 from labkit.data.errors import DataError
 from labkit.viz import TrainingBoard, plot_curves
 from labkit.viz.board import best_epoch, metrics_in
+from labkit.viz.gallery import ERROR_COLOURS
 
 
 @pytest.fixture
@@ -150,3 +152,61 @@ def test_metrics_are_found_from_the_keys():
 def test_plot_curves_rejects_ragged_history():
     with pytest.raises(DataError, match="different lengths"):
         plot_curves({"epoch": [0, 1], "train_loss": [0.5]})
+
+
+# ---------------------------------------------------------------- the validation picture
+def picture_volumes():
+    """A label box in slices z 4..7, widest (5x6) at z = 6; a prediction shifted by two voxels in x."""
+    image = np.random.default_rng(0).normal(size=(2, 16, 16, 8)).astype(np.float32)
+    label = np.zeros((1, 16, 16, 8), np.float32)
+    label[0, 4:8, 4:10, 4:8] = 1
+    label[0, 4:9, 4:10, 6] = 1
+    prob = np.roll(label, 2, axis=1) * 0.9
+    return image, label, prob
+
+
+def test_picture_keeps_the_widest_label_slice_every_epoch(headless):
+    board = TrainingBoard(max_epochs=2)
+    image, label, prob = picture_volumes()
+    board.update(1, train_loss=0.5, picture=(image, label, prob))
+    np.testing.assert_array_equal(board.picture[1], label[0, :, :, 6])
+    np.testing.assert_array_equal(board.picture[0], image[0, :, :, 6])  # the first channel
+    moved = np.zeros_like(label)
+    moved[0, :, :, 0] = 1  # the next epoch's label is widest elsewhere: the slice stays
+    board.update(2, train_loss=0.4, picture=(image, moved, prob))
+    np.testing.assert_array_equal(board.picture[1], moved[0, :, :, 6])
+
+
+def test_picture_is_drawn_beside_the_curves_with_the_errors_coloured(headless):
+    board = TrainingBoard(max_epochs=2)
+    image, label, prob = picture_volumes()
+    board.update(1, train_loss=0.5, validation_dice=0.3, picture=(image, label, prob))
+    figure = board.figure()
+    assert len(figure.axes) == 3  # loss, dice and the picture
+    overlay = np.asarray(figure.axes[2].get_images()[1].get_array())  # (y, x, RGBA)
+    drawn = np.unique(overlay.reshape(-1, 4)[overlay.reshape(-1, 4)[:, 3] > 0, :3], axis=0)
+    expected = np.array([to_rgb(colour) for colour in ERROR_COLOURS.values()])
+    assert len(drawn) == 3 and np.allclose(np.sort(drawn, axis=0), np.sort(expected, axis=0))
+    assert overlay[5, 4, 3] > 0 and overlay[5, 3, 3] == 0  # y = 5, x = 4: in the label
+
+
+def test_two_dimensional_pictures_and_bad_pictures(headless):
+    board = TrainingBoard()
+    board.update(0, train_loss=1.0, picture=(np.zeros((8, 8)), np.ones((8, 8)), np.ones((8, 8))))
+    assert board.picture[0].shape == (8, 8)
+    with pytest.raises(DataError, match="an \\(image, label, prob\\) triple"):
+        board.update(1, train_loss=1.0, picture=np.zeros((8, 8)))
+
+
+def test_plot_variants_draws_the_mean_and_the_range_of_the_seeds():
+    from labkit.viz import plot_variants
+
+    runs_a = [{"epoch": [1, 2], "validation_dice": [0.2, 0.6]},
+              {"epoch": [1, 2], "validation_dice": [0.4, 0.8]}]
+    figure = plot_variants({"a": runs_a, "b": [{"epoch": [1, 2], "validation_dice": [0.1, 0.3]}]})
+    axes = figure.axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines["a"].get_ydata()) == pytest.approx([0.3, 0.7])
+    assert list(lines["b"].get_ydata()) == pytest.approx([0.1, 0.3])
+    assert len(axes.collections) == 1  # a band for the variant with two seeds only
+    assert axes.get_ylim() == (0, 1)

@@ -257,3 +257,22 @@ def test_tensors_are_accepted():
     figure = plot_slices(FakeTensor(ramp(2)[np.newaxis]), index=(1, 1, 11), window=(0, 1),
                          crosshair=False)
     assert np.allclose(pixel(figure, render(figure), figure.axes[0], 3.5, 3.5), 255, atol=3)
+
+
+def test_plot_errors_colours_hits_false_positives_and_misses():
+    from labkit.viz import plot_errors
+    from labkit.viz.gallery import ERROR_COLOURS
+
+    image = np.zeros(SHAPE, np.float32)
+    label, pred = np.zeros(SHAPE, np.int16), np.zeros(SHAPE, np.int16)
+    label[4:12, 4:10, 5:8] = 1
+    pred[8:16, 4:10, 5:8] = 1  # half on the label, half beside it
+    figure = plot_errors(image, label, pred, spacing=(1, 1, 1), index=(8, 6, 6), title="case 7")
+    pixels = render(figure)
+    axial = figure.axes[0]
+    for x_mm, kind in ((6.5, "false negative"), (10.5, "true positive"), (14.5, "false positive")):
+        assert colour_share(near(figure, pixels, axial, x_mm, 6.5), ERROR_COLOURS[kind]) > 0.8, kind
+    assert colour_share(near(figure, pixels, axial, 2.5, 6.5), ERROR_COLOURS["true positive"]) == 0
+    assert figure._suptitle.get_text() == "case 7"
+    with pytest.raises(DataError, match="needs both a label and a prediction"):
+        plot_errors(image, label, None)

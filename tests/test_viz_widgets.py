@@ -135,3 +135,38 @@ def test_gallery_buttons_page_through():
 def test_gallery_checks_its_input_at_once():
     with pytest.raises(DataError, match="2 labels for 3 images"):
         Gallery(np.zeros((3, 8, 8)), np.zeros((2, 8, 8)))
+
+
+def threshold_cases():
+    image, label = volume()
+    prob = np.zeros(label.shape, np.float32)
+    prob[4:12, 3:9, 3:7] = 0.6  # the label, found at 0.6
+    prob[12:16, 3:9, 3:7] = 0.4  # beside it, false positives at thresholds below 0.4
+    return [{"id": "case_a", "note": "best", "image": image, "label": label[None], "prob": prob},
+            {"id": "case_b", "image": image, "label": label, "prob": np.zeros_like(prob)}]
+
+
+def test_threshold_viewer_gives_the_dice_of_each_threshold():
+    from labkit.viz import ThresholdViewer
+
+    viewer = ThresholdViewer(threshold_cases(), threshold=0.5, spacing=(1, 1, 2))
+    assert viewer.dice() == pytest.approx(1.0)
+    assert viewer.dice(threshold=0.3) == pytest.approx(2 * 192 / (192 + 288))  # 96 false positives
+    assert viewer.dice(case=1) == 0.0
+    assert viewer.caption() == "best case_a: Dice 1.000 at threshold 0.50"
+    case, threshold = viewer.widget.children[0].children
+    first = viewer._picture.value
+    threshold.value = 0.3
+    assert viewer.threshold == pytest.approx(0.3) and viewer._picture.value != first
+    case.value = 1
+    assert viewer._caption.value == "case_b: Dice 0.000 at threshold 0.30"
+
+
+def test_threshold_viewer_headless_draws_every_case(monkeypatch, kernel_display):
+    from labkit.viz import ThresholdViewer
+
+    monkeypatch.setenv("LABKIT_HEADLESS", "1")
+    ThresholdViewer(threshold_cases())._ipython_display_()
+    assert len(kernel_display) == 2 and all(p.data.startswith(b"\x89PNG") for p in kernel_display)
+    with pytest.raises(DataError, match="missing: \\['prob'\\]"):
+        ThresholdViewer([{"id": "x", "image": np.zeros((4, 4, 4)), "label": np.zeros((4, 4, 4))}])

@@ -1,8 +1,9 @@
-"""Viewing: slices of volumes, X-ray galleries, live training curves, progress bars.
+"""Viewing: slices of volumes, X-ray galleries, live training curves, progress bars, tables.
 
-Pure matplotlib functions underneath (``plot_slices``, ``plot_gallery``, ``plot_curves``) that
-return a figure and work in a script or a test with the Agg backend; thin ipywidgets viewers
-on top (``SliceViewer``, ``Gallery``) for JupyterLab. When headless (``LABKIT_HEADLESS=1``, or
+Pure matplotlib functions underneath (``plot_slices``, ``plot_errors``, ``plot_gallery``,
+``plot_curves``, ``plot_variants``, ``plot_shape_trace``) that return a figure and work in a
+script or a test with the Agg backend; thin ipywidgets viewers on top (``SliceViewer``,
+``Gallery``, ``ThresholdViewer``) for JupyterLab; ``print_table`` for per-case results. When headless (``LABKIT_HEADLESS=1``, or
 no IPython kernel) nothing live is drawn: the viewers show one static figure, the training
 board prints one line per epoch and progress bars are silent.
 
@@ -12,12 +13,14 @@ Example:
     >>> board = TrainingBoard(max_epochs=20)   # board.update(epoch, train_loss=...)
 """
 
-from labkit.viz.board import TrainingBoard, plot_curves
+from labkit.viz.board import TrainingBoard, plot_curves, plot_variants
 from labkit.viz.display import is_headless
 from labkit.viz.gallery import plot_gallery
 from labkit.viz.progress_bar import progress
-from labkit.viz.slices import plot_slices
-from labkit.viz.widgets import Gallery, SliceViewer, show_gallery, show_volume
+from labkit.viz.shapes import plot_shape_trace
+from labkit.viz.slices import plot_errors, plot_slices
+from labkit.viz.tables import mean_of, print_table
+from labkit.viz.widgets import Gallery, SliceViewer, ThresholdViewer, show_gallery, show_volume
 
 __all__ = [
     "is_headless",
@@ -29,5 +32,11 @@ __all__ = [
     "show_gallery",
     "TrainingBoard",
     "plot_curves",
+    "plot_variants",
     "progress",
+    "plot_errors",
+    "ThresholdViewer",
+    "plot_shape_trace",
+    "print_table",
+    "mean_of",
 ]

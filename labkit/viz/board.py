@@ -1,9 +1,11 @@
 """Training curves: a pure plotting function and a live board redrawn in place.
 
 The board keeps a history such as ``{'epoch': [0, 1], 'train_loss': [...], 'validation_dice':
-[...]}``. In a front end it redraws one picture under the cell each epoch; headless (CI, a
-script, ``LABKIT_HEADLESS=1``) it prints one line per epoch, and :meth:`TrainingBoard.close`
-shows the final curves once so that an executed notebook still holds them.
+[...]}``. In a front end it redraws one picture under the cell each epoch (the curves and, when
+given, one validation slice with the current prediction); headless (CI, a script,
+``LABKIT_HEADLESS=1``) it prints one line per epoch, and :meth:`TrainingBoard.close` shows the
+final picture once so that an executed notebook still holds it. :func:`plot_variants` compares
+the curves of several runs (an experiment's variants, each with a few seeds).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from matplotlib.figure import Figure
 
 from labkit import runs
 from labkit.viz.display import in_kernel, is_headless, new_figure, png_output, show_static
-from labkit.viz.inputs import data_error
+from labkit.viz.gallery import ERROR_COLOURS, error_map
+from labkit.viz.inputs import data_error, to_numpy
+from labkit.viz.slices import default_window, mask_rgba
 
 SPLIT_STYLES = {"train": ("#1f77b4", "-"), "validation": ("#d62728", "-"), "test": ("#2ca02c", "--")}
 
@@ -139,6 +143,43 @@ def _check_history(history):
                         "give every list one value per epoch (NaN where there is none)")
 
 
+def plot_variants(results: dict, metric: str = "validation_dice", axes=None, *,
+                  title: str | None = None) -> Figure:
+    """One curve per variant: the mean over its runs, shaded from the lowest to the highest run.
+
+    Args:
+        results: ``{variant name: [history, ...]}``, one history per run (seed), each with
+            ``'epoch'`` and ``metric``.
+        metric: the history key to plot.
+        axes: the Axes to draw into; a new figure when None.
+        title: the figure title.
+
+    Example:
+        >>> fig = plot_variants({"baseline": [run_a.history, run_b.history]})
+    """
+    if axes is None:
+        figure = new_figure(7.5, 3.8)
+        axes = figure.subplots()
+    for name, histories in results.items():
+        for history in histories:
+            _check_history(history)
+        epochs = np.asarray(histories[0]["epoch"], dtype=float)
+        values = np.array([[float(value) for value in history[metric]] for history in histories])
+        line, = axes.plot(epochs, np.nanmean(values, axis=0), marker="o", markersize=2.5, label=name)
+        if len(histories) > 1:
+            axes.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
+                              color=line.get_color(), alpha=0.18, linewidth=0)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric.replace("_", " "))
+    if metric.endswith("dice"):
+        axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    if title:
+        axes.set_title(title, fontsize=10)
+    return axes.figure
+
+
 class TrainingBoard:
     """Live train / validation curves, redrawn in place once per epoch.
 
@@ -152,7 +193,8 @@ class TrainingBoard:
     Example:
         >>> board = TrainingBoard(max_epochs=10)
         >>> for epoch in range(10):
-        ...     board.update(epoch, train_loss=0.5, validation_loss=0.6, validation_dice=0.7)
+        ...     board.update(epoch, train_loss=0.5, validation_loss=0.6, validation_dice=0.7,
+        ...                  picture=(image, label, prob))      # one validation case
         >>> board.close()
     """
 
@@ -163,6 +205,8 @@ class TrainingBoard:
         self.title = title
         self.history: dict[str, list] = {"epoch": []}
         self.headless = is_headless()
+        self.picture = None  # (image, label, prob) slices of the latest update
+        self._slice = None  # the axial slice shown, chosen at the first picture
         self._handle = None
         self._closed = False
         earlier = history or {}
@@ -174,15 +218,22 @@ class TrainingBoard:
         if self._replayed and not self.headless:
             self._redraw()
 
-    def update(self, epoch: int, **values: float) -> None:
+    def update(self, epoch: int, picture=None, **values: float) -> None:
         """Record the values of one epoch, then redraw (or print one line when headless).
 
         Args:
             epoch: the epoch number.
+            picture: ``(image, label, prob)`` of one validation case, drawn beside the curves
+                with its hits, false positives and misses at probability 0.5. 2D slices, or
+                volumes ``(X, Y, Z)`` / channel-first ``(C, X, Y, Z)`` (the first channel is
+                shown), of which the axial slice with the most label is drawn, the same
+                slice every epoch.
             **values: e.g. ``train_loss=0.41, validation_loss=0.45, validation_dice=0.62``;
                 tensors and numpy scalars are fine.
         """
         self._record(int(epoch), {key: _as_float(key, value) for key, value in values.items()})
+        if picture is not None:
+            self.picture = self._slices(picture)
         if self.headless:
             print(self.text_line(), flush=True)
         else:
@@ -213,9 +264,17 @@ class TrainingBoard:
         return text
 
     def figure(self) -> Figure:
-        """The curves so far as a new figure."""
-        return plot_curves(self.history, metrics=self.metrics, title=self.title,
-                           eta=self.eta_text() if not self._closed else None)
+        """The curves so far (and the latest picture) as a new figure."""
+        eta = self.eta_text() if not self._closed else None
+        if self.picture is None:
+            return plot_curves(self.history, metrics=self.metrics, title=self.title, eta=eta)
+        count = len(self.metrics)
+        figure = new_figure(4.6 * count + 3.4, 3.4)
+        axes = figure.subplots(1, count + 1, gridspec_kw={"width_ratios": [1.35] * count + [1]})
+        figure.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.15, wspace=0.28)
+        plot_curves(self.history, axes=axes[:count], metrics=self.metrics, title=self.title, eta=eta)
+        _draw_picture(axes[-1], *self.picture, epoch=self.history["epoch"][-1])
+        return figure
 
     def close(self) -> None:
         """Finish: leave one static figure of the final curves under the cell."""
@@ -246,6 +305,24 @@ class TrainingBoard:
             if key != "epoch":
                 series.append(values.get(key, math.nan))
 
+    def _slices(self, picture) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not isinstance(picture, (tuple, list)) or len(picture) != 3:
+            raise data_error(None, "picture is not an (image, label, prob) triple",
+                            "pass picture=(image, label, prob) of one case")
+        arrays = []
+        for array in map(to_numpy, picture):
+            array = array[0] if array.ndim == 4 else array
+            if array.ndim == 3:
+                if self._slice is None:  # the label's widest axial slice, kept for every epoch
+                    label = to_numpy(picture[1]).reshape(array.shape)
+                    self._slice = int(np.argmax(label.sum(axis=(0, 1))))
+                array = array[:, :, self._slice]
+            if array.ndim != 2:
+                raise data_error(None, f"a picture array has shape {array.shape}",
+                                "pass 2D slices or (X, Y, Z) / (C, X, Y, Z) volumes")
+            arrays.append(array.astype(np.float32))
+        return tuple(arrays)
+
     def _redraw(self) -> None:
         if not in_kernel():
             return
@@ -256,6 +333,19 @@ class TrainingBoard:
             self._handle = display(picture, display_id=True)
         else:
             self._handle.update(picture)
+
+
+def _draw_picture(ax, image, label, prob, epoch) -> None:
+    """One slice (x across, y up) with hits, false positives and misses at probability 0.5."""
+    low, high = default_window(image)
+    ax.imshow(image.T, cmap="gray", vmin=low, vmax=high, origin="lower", interpolation="nearest")
+    codes = error_map(label > 0.5, prob >= 0.5)
+    ax.imshow(mask_rgba(codes.T, tuple(ERROR_COLOURS.values()), 0.55), origin="lower",
+              interpolation="nearest")
+    ax.set_title(f"validation case, epoch {epoch}\ngreen hit · red false positive · blue missed",
+                 fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _as_float(key: str, value) -> float:

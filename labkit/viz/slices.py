@@ -101,9 +101,10 @@ def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=
                         "pass overlay='fill' or overlay='contour'")
     window = default_window(volume[channel]) if window is None else _check_window(window)
     figure, axes = _figure_and_axes(axes, volume.shape[1:], spacing)
+    overlays = [(label, LABEL_COLOURS), (pred, PRED_COLOURS)]
     for plane, ax in zip(PLANES, axes, strict=True):
-        _draw_plane(ax, plane, volume[channel], label, pred, spacing, index, window,
-                    overlay, float(alpha), crosshair)
+        _draw_plane(ax, plane, volume[channel], overlays, spacing, index, window, overlay,
+                    float(alpha), crosshair)
     if channel_name:
         axes[0].set_title(f"{axes[0].get_title()} · {channel_name}", fontsize=9)
     _add_legend(figure, label, pred, class_names)
@@ -122,13 +123,55 @@ def plane_extent(shape: Sequence[int], spacing: Sequence[float], plane: tuple):
     return (0.0, shape[across] * spacing[across], 0.0, shape[up] * spacing[up])
 
 
-def _draw_plane(ax, plane, volume, label, pred, spacing, index, window, overlay, alpha,
-                crosshair):
+def plot_errors(image, label, pred, spacing=None, index=None, channel=0, alpha=0.55,
+                window=None, axes=None, *, title=None) -> Figure:
+    """Axial, coronal and sagittal slices with the prediction's errors in their own colours.
+
+    Hits (true positives) are green, false positives (predicted, not in the truth) red, false
+    negatives (missed) blue: the colours of :data:`labkit.viz.gallery.ERROR_COLOURS`.
+
+    Args:
+        image, spacing, index, channel, alpha, window, axes: as for :func:`plot_slices`.
+        label: the truth on the image grid.
+        pred: the prediction: a mask, or probabilities read as ``>= 0.5`` (threshold them
+            first for another threshold: ``prob > 0.3``).
+        title: written above the three views (e.g. the case and its Dice).
+
+    Example:
+        >>> fig = plot_errors(case["image"], case["label"], prob > 0.4, spacing=(3, 3, 3))
+    """
+    from labkit.viz.gallery import ERROR_COLOURS, error_map  # gallery imports this module
+
+    volume, label, pred, spacing = volume_inputs(image, label, pred, spacing)
+    if label is None or pred is None:
+        raise data_error(None, "plot_errors needs both a label and a prediction",
+                        "pass label=... and pred=... on the image's grid")
+    codes = error_map(label, pred)
+    channel = _check_channel(channel, volume.shape[0])
+    index = _check_index(index, volume.shape[1:], label, pred)
+    window = default_window(volume[channel]) if window is None else _check_window(window)
+    new = axes is None
+    figure, axes = _figure_and_axes(axes, volume.shape[1:], spacing)
+    colours = tuple(ERROR_COLOURS.values())
+    for plane, ax in zip(PLANES, axes, strict=True):
+        _draw_plane(ax, plane, volume[channel], [(codes, colours)], spacing, index, window, "fill",
+                    float(alpha), True)
+    figure.legend(handles=[Patch(color=colour, label=name) for name, colour in ERROR_COLOURS.items()],
+                  loc="lower center", ncol=3, fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=10, y=0.995)
+        if new:
+            figure.subplots_adjust(top=0.78)
+    return figure
+
+
+def _draw_plane(ax, plane, volume, overlays, spacing, index, window, overlay, alpha, crosshair):
+    """One view: the image, then each ``(mask, colours)`` overlay that is not None."""
     title, fixed, across, up = plane
     extent = plane_extent(volume.shape, spacing, plane)
     ax.imshow(plane_image(volume, plane, index), cmap="gray", vmin=window[0], vmax=window[1],
               origin="lower", extent=extent, interpolation="nearest", aspect="equal")
-    for mask, colours in ((label, LABEL_COLOURS), (pred, PRED_COLOURS)):
+    for mask, colours in overlays:
         if mask is not None:
             _draw_mask(ax, plane_image(mask, plane, index), extent, colours, overlay, alpha)
     if crosshair:
@@ -153,7 +196,7 @@ def _draw_mask(ax, mask2d, extent, colours, overlay, alpha):
     if not classes:
         return
     if overlay == "fill":
-        ax.imshow(_mask_rgba(mask2d, classes, colours, alpha), origin="lower", extent=extent,
+        ax.imshow(mask_rgba(mask2d, colours, alpha), origin="lower", extent=extent,
                   interpolation="nearest", aspect="equal")
         return
     rows, columns = mask2d.shape
@@ -164,9 +207,10 @@ def _draw_mask(ax, mask2d, extent, colours, overlay, alpha):
                    colors=[colours[(value - 1) % len(colours)]], linewidths=1.5)
 
 
-def _mask_rgba(mask2d, classes, colours, alpha):
+def mask_rgba(mask2d: np.ndarray, colours, alpha: float) -> np.ndarray:
+    """An RGBA picture of an integer mask: class ``k`` in ``colours[k - 1]``, background clear."""
     rgba = np.zeros(mask2d.shape + (4,), dtype=np.float32)
-    for value in classes:
+    for value in classes_in(mask2d):
         rgba[mask2d == value] = to_rgba(colours[(value - 1) % len(colours)], alpha)
     return rgba
 

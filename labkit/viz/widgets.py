@@ -9,12 +9,20 @@ HTML still has the picture. ipywidgets is imported only when a widget is built.
 
 from __future__ import annotations
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from labkit.viz.display import figure_to_png, is_headless, show_static
 from labkit.viz.gallery import as_images, page_count, plot_gallery
 from labkit.viz.inputs import data_error, volume_inputs
-from labkit.viz.slices import OVERLAYS, PLANES, default_index, default_window, plot_slices
+from labkit.viz.slices import (
+    OVERLAYS,
+    PLANES,
+    default_index,
+    default_window,
+    plot_errors,
+    plot_slices,
+)
 
 OVERLAY_OFF = "off"
 
@@ -237,6 +245,81 @@ class Gallery(_Viewer):
         previous.on_click(lambda _: setattr(slider, "value", max(slider.value - 1, 1)))
         following.on_click(lambda _: setattr(slider, "value", min(slider.value + 1, self.pages)))
         return [ipywidgets.HBox([previous, following, slider])]
+
+
+class ThresholdViewer(_Viewer):
+    """Cases with their hits, false positives and misses at a threshold, and the Dice it gives.
+
+    A dropdown picks the case, a slider the threshold on the predicted probability. Headless,
+    each case is drawn once at the starting threshold.
+
+    Args:
+        cases: dicts with ``id``, ``image`` (``(C, X, Y, Z)`` or ``(X, Y, Z)``), ``label`` and
+            ``prob`` (``(X, Y, Z)``, on the image's grid) and an optional ``note`` shown before
+            the id (e.g. ``"best"``).
+        threshold: the starting threshold (e.g. the one chosen on the validation cases).
+        spacing: voxel size in mm (x, y, z).
+
+    Example:
+        >>> ThresholdViewer([{"id": "prostate_16", "note": "worst", "image": ..., "label": ...,
+        ...                   "prob": ...}], threshold=0.5, spacing=(3, 3, 3))
+    """
+
+    css_class = "labkit-threshold-viewer"
+
+    def __init__(self, cases, threshold=0.5, spacing=None):
+        super().__init__()
+        self.cases = list(cases)
+        missing = [sorted({"id", "image", "label", "prob"} - set(case)) for case in self.cases]
+        if not self.cases or any(missing):
+            raise data_error(None, f"ThresholdViewer needs cases with id, image, label and prob "
+                            f"(missing: {next(filter(None, missing), 'all cases')})",
+                            "pass a list of dicts {'id', 'image', 'label', 'prob'}")
+        self.threshold = float(threshold)
+        self.spacing = spacing
+        self.case = 0
+
+    def dice(self, case: int | None = None, threshold: float | None = None) -> float:
+        """Dice of a case (the shown one by default) at a threshold (the current one by default)."""
+        from labkit.metrics import dice
+
+        chosen = self.cases[self.case if case is None else case]
+        cut = self.threshold if threshold is None else threshold
+        prob, label = np.asarray(chosen["prob"]), np.asarray(chosen["label"])
+        label = label[0] if label.ndim == prob.ndim + 1 else label  # a channel of size 1
+        return dice(prob > cut, label > 0.5)
+
+    def figure(self, case: int | None = None) -> Figure:
+        """The errors of a case (the shown one by default) at the current threshold."""
+        case = self.case if case is None else case
+        chosen = self.cases[case]
+        return plot_errors(chosen["image"], chosen["label"], np.asarray(chosen["prob"]) > self.threshold,
+                           spacing=self.spacing, title=f"{self._name(case)} · threshold "
+                           f"{self.threshold:.2f} · Dice {self.dice(case):.3f}")
+
+    def caption(self) -> str:
+        """E.g. ``"worst prostate_16: Dice 0.712 at threshold 0.45"``."""
+        return f"{self._name(self.case)}: Dice {self.dice():.3f} at threshold {self.threshold:.2f}"
+
+    def _name(self, case: int) -> str:
+        chosen = self.cases[case]
+        return f"{chosen.get('note', '')} {chosen['id']}".strip()
+
+    def _controls(self, ipywidgets) -> list:
+        options = [(self._name(number), number) for number in range(len(self.cases))]
+        case = ipywidgets.Dropdown(options=options, value=self.case, description="case")
+        threshold = ipywidgets.FloatSlider(value=self.threshold, min=0.05, max=0.95, step=0.05,
+                                           description="threshold", continuous_update=False,
+                                           readout_format=".2f")
+        return [ipywidgets.HBox([self._watch(case, "case", int),
+                                 self._watch(threshold, "threshold", float)])]
+
+    def _ipython_display_(self):
+        if is_headless():
+            for case in range(len(self.cases)):
+                show_static(self.figure(case))
+        else:
+            super()._ipython_display_()
 
 
 def show_volume(image, label=None, pred=None, spacing=None, channel_names=None,
