@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,37 @@ def peak_memory_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def time_steps(step, device, steps: int = 5) -> tuple[float, float | None]:
+    """Seconds per call of ``step`` (one training step) and the peak GPU memory it needs, in GB.
+
+    The first call warms up (cuDNN chooses its kernels) and is not timed; on a GPU the clock
+    starts and stops on a synchronised device, so it measures the work, not the queueing of it.
+
+    Args:
+        step: a function that runs one training step.
+        device: where it runs; the memory is None on a CPU.
+        steps: timed calls after the warm-up.
+
+    Example:
+        >>> seconds, gigabytes = time_steps(lambda: train_one_epoch(net, [batch], ...), "cuda")  # doctest: +SKIP
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - started) / steps
+    return seconds, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+
+
 __all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "autocast", "check_loss",
            "cpu_threads", "load_checkpoint", "peak_memory_mb", "pick_device", "save_checkpoint",
-           "seed_everything"]
+           "seed_everything", "time_steps"]
