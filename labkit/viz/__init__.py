@@ -15,10 +15,11 @@ Example:
 
 from labkit.viz.board import TrainingBoard, plot_curves, plot_variants
 from labkit.viz.display import is_headless
+from labkit.viz.errors import plot_errors
 from labkit.viz.gallery import plot_gallery
 from labkit.viz.progress_bar import progress
 from labkit.viz.shapes import plot_shape_trace
-from labkit.viz.slices import plot_errors, plot_slices
+from labkit.viz.slices import plot_slices
 from labkit.viz.tables import mean_of, print_table
 from labkit.viz.widgets import Gallery, SliceViewer, ThresholdViewer, show_gallery, show_volume
 

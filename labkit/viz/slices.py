@@ -65,7 +65,8 @@ def _widest_slice(foreground: np.ndarray, axis: int) -> int:
 
 def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=0,
                 overlay="fill", alpha=0.4, window=None, axes=None, *, crosshair=True,
-                channel_name=None, class_names=None) -> Figure:
+                channel_name=None, class_names=None, label_colours=None,
+                label_name="truth") -> Figure:
     """Draw the axial, coronal and sagittal slices through one voxel.
 
     Args:
@@ -85,6 +86,8 @@ def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=
         crosshair: draw lines where the other two planes cut each view.
         channel_name: shown in the axial title (e.g. ``"T2"``).
         class_names: ``{class: name}`` for the legend (e.g. ``{1: "PZ", 2: "TZ"}``).
+        label_colours: a colour per label class (1, 2, ...); greens and blues when None.
+        label_name: the legend's word for the label's classes ("" for none).
 
     Returns:
         The figure holding the three views.
@@ -101,13 +104,13 @@ def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=
                         "pass overlay='fill' or overlay='contour'")
     window = default_window(volume[channel]) if window is None else _check_window(window)
     figure, axes = _figure_and_axes(axes, volume.shape[1:], spacing)
-    overlays = [(label, LABEL_COLOURS), (pred, PRED_COLOURS)]
+    overlays = [(label, tuple(label_colours or LABEL_COLOURS)), (pred, PRED_COLOURS)]
     for plane, ax in zip(PLANES, axes, strict=True):
         _draw_plane(ax, plane, volume[channel], overlays, spacing, index, window, overlay,
                     float(alpha), crosshair)
     if channel_name:
         axes[0].set_title(f"{axes[0].get_title()} · {channel_name}", fontsize=9)
-    _add_legend(figure, label, pred, class_names)
+    _add_legend(figure, overlays, class_names, label_name)
     return figure
 
 
@@ -121,48 +124,6 @@ def plane_extent(shape: Sequence[int], spacing: Sequence[float], plane: tuple):
     """``(left, right, bottom, top)`` in mm of ``plane`` for a grid of ``shape``."""
     _, _, across, up = plane
     return (0.0, shape[across] * spacing[across], 0.0, shape[up] * spacing[up])
-
-
-def plot_errors(image, label, pred, spacing=None, index=None, channel=0, alpha=0.55,
-                window=None, axes=None, *, title=None) -> Figure:
-    """Axial, coronal and sagittal slices with the prediction's errors in their own colours.
-
-    Hits (true positives) are green, false positives (predicted, not in the truth) red, false
-    negatives (missed) blue: the colours of :data:`labkit.viz.gallery.ERROR_COLOURS`.
-
-    Args:
-        image, spacing, index, channel, alpha, window, axes: as for :func:`plot_slices`.
-        label: the truth on the image grid.
-        pred: the prediction: a mask, or probabilities read as ``>= 0.5`` (threshold them
-            first for another threshold: ``prob > 0.3``).
-        title: written above the three views (e.g. the case and its Dice).
-
-    Example:
-        >>> fig = plot_errors(case["image"], case["label"], prob > 0.4, spacing=(3, 3, 3))
-    """
-    from labkit.viz.gallery import ERROR_COLOURS, error_map  # gallery imports this module
-
-    volume, label, pred, spacing = volume_inputs(image, label, pred, spacing)
-    if label is None or pred is None:
-        raise data_error(None, "plot_errors needs both a label and a prediction",
-                        "pass label=... and pred=... on the image's grid")
-    codes = error_map(label, pred)
-    channel = _check_channel(channel, volume.shape[0])
-    index = _check_index(index, volume.shape[1:], label, pred)
-    window = default_window(volume[channel]) if window is None else _check_window(window)
-    new = axes is None
-    figure, axes = _figure_and_axes(axes, volume.shape[1:], spacing)
-    colours = tuple(ERROR_COLOURS.values())
-    for plane, ax in zip(PLANES, axes, strict=True):
-        _draw_plane(ax, plane, volume[channel], [(codes, colours)], spacing, index, window, "fill",
-                    float(alpha), True)
-    figure.legend(handles=[Patch(color=colour, label=name) for name, colour in ERROR_COLOURS.items()],
-                  loc="lower center", ncol=3, fontsize=8, frameon=False)
-    if title:
-        figure.suptitle(title, fontsize=10, y=0.995)
-        if new:
-            figure.subplots_adjust(top=0.78)
-    return figure
 
 
 def _draw_plane(ax, plane, volume, overlays, spacing, index, window, overlay, alpha, crosshair):
@@ -215,12 +176,13 @@ def mask_rgba(mask2d: np.ndarray, colours, alpha: float) -> np.ndarray:
     return rgba
 
 
-def _add_legend(figure, label, pred, class_names):
+def _add_legend(figure, overlays, class_names, label_name):
     handles = []
-    for mask, colours, kind in ((label, LABEL_COLOURS, "truth"), (pred, PRED_COLOURS, "pred")):
+    for (mask, colours), kind in zip(overlays, (label_name, "pred"), strict=True):
         for value in ([] if mask is None else classes_in(mask)):
             name = (class_names or {}).get(value, str(value))
-            handles.append(Patch(color=colours[(value - 1) % len(colours)], label=f"{kind} {name}"))
+            handles.append(Patch(color=colours[(value - 1) % len(colours)],
+                                 label=f"{kind} {name}".strip()))
     if handles:
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6),
                       fontsize=8, frameon=False)

@@ -13,16 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from labkit.viz.display import figure_to_png, is_headless, show_static
+from labkit.viz.errors import plot_errors
 from labkit.viz.gallery import as_images, page_count, plot_gallery
 from labkit.viz.inputs import data_error, volume_inputs
-from labkit.viz.slices import (
-    OVERLAYS,
-    PLANES,
-    default_index,
-    default_window,
-    plot_errors,
-    plot_slices,
-)
+from labkit.viz.slices import OVERLAYS, PLANES, default_index, default_window, plot_slices
 
 OVERLAY_OFF = "off"
 
