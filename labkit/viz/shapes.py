@@ -67,7 +67,7 @@ def plot_shape_trace(trace, links=()) -> Figure:
                       arrowprops={"arrowstyle": "->", "color": KIND_COLOURS["+"], "lw": 1.0,
                                   "linestyle": "--", "connectionstyle": "arc3,rad=-0.12"})
     axes.set_xlim(-0.6, len(steps) - 0.4)
-    axes.set_ylim(-max(levels) - 0.6, 1.0)
+    axes.set_ylim(-max(levels) - 0.6, 1.6 if links else 1.0)
     axes.set_yticks([-level for level in range(max(levels) + 1)],
                     [f"level {level + 1}" for level in range(max(levels) + 1)], fontsize=8)
     axes.set_xticks([])
