@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -29,9 +30,19 @@ from labkit.notebook_tools import (
     exercise_cells,
     for_each_notebook,
     read_notebook,
-    replace_solutions,
+    solution_regions,
     write_notebook,
 )
+
+
+def replace_solutions(source: str, number: int, title: str, where: str = "this cell") -> str:
+    """Replace each solution region by one ``raise NotImplementedError("Exercise N: title")`` line
+    with the region's indentation (a title on the marker wins for its region)."""
+    lines = source.splitlines()
+    for region in reversed(solution_regions(source, where)):
+        message = json.dumps(f"Exercise {number}: {region.title or title}", ensure_ascii=False)
+        lines[region.begin:region.end + 1] = [f"{region.indent}raise NotImplementedError({message})"]
+    return "\n".join(lines) + ("\n" if source.endswith("\n") else "")
 
 
 def make_student_notebook(notebook, path: str | Path = "notebook"):

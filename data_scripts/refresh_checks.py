@@ -37,9 +37,7 @@ from labkit.notebook_tools import (
     source_of,
     write_notebook,
 )
-from labkit.run_notebooks import pin_environment
-
-KERNEL_NAME = "python3"
+from labkit.run_notebooks import KERNEL_NAME, pin_environment
 
 
 def execute(notebook, notebook_dir: Path, timeout: int = 600) -> None:

@@ -1,20 +1,10 @@
 """Write the notebooks' lab code and exercise solutions to importable modules (``make export``).
 
-The notebook is the single home of the model, loss and training-step code and of each
-exercise's solution. For ``notebooks/NN_<lab>_<topic>.ipynb`` this writes:
+For ``notebooks/NN_<lab>_<topic>.ipynb``: ``labkit/labs/<lab>.py`` (the cells tagged ``export``,
+marker lines dropped) and ``labkit/labs/<lab>_solutions.py`` (``SOLUTIONS[number] = (title,
+source)``, shown by ``ex.<name>.solution()``). ``--check`` writes nothing and exits 1 on drift.
 
-- ``labkit/labs/<lab>.py``: the cells tagged ``export``, solution markers dropped and the
-  solution code kept, so the module works;
-- ``labkit/labs/<lab>_solutions.py``: ``SOLUTIONS[number] = (title, source)`` for each
-  exercise (numbered as in the student notebooks), the source being each solution region with
-  the function around it; ``ex.<name>.solution()`` prints it.
-
-``--check`` writes nothing and exits non-zero when a file differs from what its notebook
-would give (``tests/test_export.py`` runs it).
-
-Usage:
-    python -m labkit.export notebooks/01_vnet_prostate.ipynb notebooks/02_cfcm_lung.ipynb
-    python -m labkit.export --check notebooks/*.ipynb
+Usage: ``python -m labkit.export [--check] notebooks/*.ipynb``
 """
 
 from __future__ import annotations
@@ -23,6 +13,7 @@ import argparse
 import ast
 import difflib
 import sys
+import textwrap
 from pathlib import Path
 
 from labkit.io import atomic_write_text
@@ -35,9 +26,8 @@ from labkit.notebook_tools import (
     for_each_notebook,
     lab_name,
     read_notebook,
-    solution_source,
+    solution_regions,
     source_of,
-    strip_solution_markers,
     tags_of,
 )
 
@@ -63,85 +53,98 @@ SOLUTIONS = {{}}
 _CONTENTS = {"": "cells tagged export", "_solutions": "solution regions"}
 
 
-class ExportError(NotebookError):
-    """An ``export`` cell that cannot go into a module (magics, syntax errors)."""
-
-
 def target_for(notebook: Path, labs_dir: Path = LABS_DIR, suffix: str = "") -> Path:
     """``labkit/labs/<lab><suffix>.py`` for ``notebooks/NN_<lab>_<topic>.ipynb``."""
     return labs_dir / f"{lab_name(notebook)}{suffix}.py"
 
 
 def generate(notebook: Path) -> dict[str, str | None]:
-    """The text of each generated file, by suffix: ``""`` (lab module), ``"_solutions"``.
-
-    None for a file the notebook gives nothing to (no export cells, no exercises).
-
-    Raises:
-        NotebookError: unreadable notebook, unbalanced solution markers, magics or bad syntax.
-    """
-    parsed = read_notebook(notebook)
-    name = f"{notebook.parent.name}/{notebook.name}"
+    """The text of each file, by suffix (``""``: lab module, ``"_solutions"``); None for a file
+    the notebook gives nothing to. Raises NotebookError naming the notebook and cell."""
+    parsed, name = read_notebook(notebook), f"{notebook.parent.name}/{notebook.name}"
     return {"": _lab_module(notebook, parsed, name), "_solutions": _solutions_module(notebook, parsed, name)}
 
 
 def _lab_module(notebook: Path, parsed, name: str) -> str | None:
+    """The export cells, each cell's leading imports gathered once at the top (first seen first)."""
     sources = [_export_source(notebook, index, cell) for index, cell in code_cells(parsed)
                if EXPORT_TAG in tags_of(cell)]
     if not sources:
         return None
-    imports, bodies = [], []
-    for source in sources:
-        cell_imports, body = _split_leading_imports(source)
+    imports, parts = [], []
+    for cell_imports, body in map(_split_leading_imports, sources):
         imports += [line for line in cell_imports if line not in imports]
-        if body:
-            bodies.append(body)
-    parts = [_MODULE_HEADER.format(notebook=name).rstrip("\n"), "\n".join(imports), *bodies]
+        parts += [body] if body else []
+    parts = [_MODULE_HEADER.format(notebook=name).rstrip("\n"), "\n".join(imports), *parts]
     return "\n\n\n".join(part for part in parts if part) + "\n"
 
 
 def _export_source(notebook: Path, index: int, cell) -> str:
-    where = describe_cell(notebook, index, cell)
-    source = strip_solution_markers(source_of(cell), where).strip("\n")
+    """The cell without its marker lines; magics and syntax errors are refused naming the cell."""
+    where, lines = describe_cell(notebook, index, cell), source_of(cell).splitlines(keepends=True)
+    markers = {line for region in solution_regions(source_of(cell), where) for line in region[:2]}
+    source = "".join(line for number, line in enumerate(lines) if number not in markers).strip("\n")
     magic = next((line for line in source.splitlines() if line.lstrip().startswith(("%", "!"))), None)
     if magic is not None:
-        raise ExportError(f"{where} is tagged export but runs the IPython command {magic.strip()!r}; "
-                          "move that line to a cell that is not exported")
+        raise NotebookError(f"{where} is tagged export but runs the IPython command {magic.strip()!r}; "
+                            "move that line to a cell that is not exported")
     try:
         compile(source, where, "exec")
     except SyntaxError as error:
-        raise ExportError(f"{where} is tagged export but is not valid Python "
-                          f"(line {error.lineno}: {error.msg})") from error
+        raise NotebookError(f"{where} is tagged export but is not valid Python "
+                            f"(line {error.lineno}: {error.msg})") from error
     return source
 
 
 def _split_leading_imports(source: str) -> tuple[list[str], str]:
-    """A cell's leading import statements (one normalised line each) and the rest of the cell.
-
-    Each notebook cell imports what it uses, so the module would import ``torch`` five times;
-    the generated module lists every import once, at the top, in first-seen order.
-    """
-    lines = source.splitlines()
-    imports, end = [], 0
+    """A cell's leading imports (one normalised line each) and the rest; with comments among the
+    imports, the cell stays whole."""
+    lines, imports, end = source.splitlines(), [], 0
     for node in ast.parse(source).body:
         if not isinstance(node, (ast.Import, ast.ImportFrom)):
             break
-        imports.append(ast.unparse(node))  # one normalised line, so duplicates compare equal
+        imports.append(ast.unparse(node))
         end = node.end_lineno
-    between = lines[end:]
-    if any(line.strip().startswith("#") for line in lines[:end]):  # comments among imports: keep as is
+    if any(line.strip().startswith("#") for line in lines[:end]):
         return [], source
-    return imports, "\n".join(between).strip("\n")
+    return imports, "\n".join(lines[end:]).strip("\n")
 
 
 def _solutions_module(notebook: Path, parsed, name: str) -> str | None:
     exercises = exercise_cells(parsed, notebook)
-    if not exercises:
-        return None
     entries = [f"SOLUTIONS[{exercise.number}] = {exercise.title!r}, "
-               f"{_literal(solution_source(exercise.source, exercise.where))}"
-               for exercise in exercises]
-    return "\n\n".join([_SOLUTIONS_HEADER.format(notebook=name), *entries]) + "\n"
+               f"{_literal(solution_source(exercise.source, exercise.where))}" for exercise in exercises]
+    return "\n\n".join([_SOLUTIONS_HEADER.format(notebook=name), *entries]) + "\n" if entries else None
+
+
+def solution_source(source: str, where: str = "this cell") -> str:
+    """What ``ex.solution()`` shows for an exercise cell: each solution region with the innermost
+    function around it (or alone, outside any function), markers dropped.
+
+    Example:
+        >>> print(solution_source("def f(x):\\n    # BEGIN SOLUTION\\n    return x\\n    # END SOLUTION"))
+        def f(x):
+            return x
+    """
+    lines, regions = source.splitlines(), solution_regions(source, where)
+    try:
+        functions = [node for node in ast.walk(ast.parse(source))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    except SyntaxError:  # IPython magics: show the regions alone
+        functions = []
+
+    def span(region) -> tuple[int, int]:  # the innermost function around it (starts last), or itself
+        around = [(min(item.lineno for item in [node, *node.decorator_list]) - 1,
+                   max(node.end_lineno - 1, region.end))  # the END marker may follow the last statement
+                  for node in functions if node.lineno - 1 < region.begin < node.end_lineno]
+        return max(around, default=(region.begin, region.end))
+
+    spans = {span(region) for region in regions}
+    markers = {line for region in regions for line in region[:2]}
+    parts = ["\n".join(lines[number] for number in range(start, end + 1) if number not in markers)
+             for start, end in sorted(spans)  # those inside another span are shown with it
+             if not any(other != (start, end) and other[0] <= start and end <= other[1] for other in spans)]
+    return "\n\n".join(textwrap.dedent(part).strip("\n") for part in parts)
 
 
 def _literal(text: str) -> str:
@@ -156,15 +159,13 @@ def check(notebook: Path, labs_dir: Path = LABS_DIR) -> str | None:
     for suffix, expected in generate(notebook).items():
         target = target_for(notebook, labs_dir, suffix)
         actual = target.read_text(encoding="utf-8") if target.is_file() else None
-        if expected == actual:
-            continue
-        if expected is None:
+        if expected is None and actual is not None:
             problems.append(f"{target} exists but {notebook} has no {_CONTENTS[suffix]}: delete it")
-            continue
-        diff = difflib.unified_diff((actual or "").splitlines(), expected.splitlines(),
-                                    str(target), f"from {notebook}", lineterm="", n=1)
-        problems.append(f"{target} is out of date with {notebook}: run `make export`\n"
-                        + "\n".join(list(diff)[:30]))
+        elif expected != actual:
+            diff = difflib.unified_diff((actual or "").splitlines(), expected.splitlines(),
+                                        str(target), f"from {notebook}", lineterm="", n=1)
+            problems.append(f"{target} is out of date with {notebook}: run `make export`\n"
+                            + "\n".join(list(diff)[:30]))
     return "\n".join(problems) or None
 
 
@@ -172,14 +173,6 @@ def export(notebook: Path, labs_dir: Path = LABS_DIR) -> list[Path]:
     """Write the generated files for ``notebook`` (atomically); returns the paths written."""
     return [atomic_write_text(target_for(notebook, labs_dir, suffix), text)
             for suffix, text in generate(notebook).items() if text is not None]
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,14 +184,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def export_one(notebook: Path) -> str | None:
         if args.check:
-            problem = check(notebook, args.labs_dir)
-            if problem:
+            if problem := check(notebook, args.labs_dir):
                 raise NotebookError(problem)
             return None
-        written = export(notebook, args.labs_dir)
+        written, here = export(notebook, args.labs_dir), Path.cwd().resolve()
         if not written:
             return f"{notebook}: no cells tagged export and no exercises; nothing written"
-        return f"{notebook}: wrote " + ", ".join(_shown(path) for path in written)
+        return f"{notebook}: wrote " + ", ".join(  # below the current folder: a relative path
+            str(path.resolve().relative_to(here) if path.resolve().is_relative_to(here) else path)
+            for path in written)
 
     return for_each_notebook(args.notebooks, export_one)
 
