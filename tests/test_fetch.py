@@ -14,6 +14,7 @@ import io
 import json
 import random
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from labkit import archives
 from labkit import fetch as fetch_module
 from labkit.fetch import FetchBusy, FetchError, fetch, lock_path, parse_checksum
 from labkit.paths import LUNG_DIR, PROSTATE_DIR, SYNTHETIC_MARKER
@@ -201,7 +201,7 @@ def assert_extracted(root, files):
 
 def assert_nothing_extracted(root, folder_name):
     assert not (root / folder_name).exists()
-    assert not list(root.glob(f".{folder_name}.extracting-*"))
+    assert not list(root.glob(f".{folder_name}.extracting*"))
 
 
 # ---------------------------------------------------------------- happy paths
@@ -543,7 +543,7 @@ def test_existing_copy_not_fetched_by_labkit_is_left_alone(tmp_path, capsys):
 def test_keep_archive_and_stale_temporary_cleanup(server, montgomery_zip, tmp_path):
     archive, files = montgomery_zip
     server.files["NLM-MontgomeryCXRSet.zip"] = archive.read_bytes()
-    stale = tmp_path / f".{LUNG_DIR}.extracting-killed" / LUNG_DIR
+    stale = tmp_path / f".{LUNG_DIR}.extracting" / LUNG_DIR
     stale.mkdir(parents=True)  # left behind by a run that was killed mid-extraction
 
     assert run_cli("fetch_montgomery", "--root", str(tmp_path), "--keep-archive", "--checksum",
@@ -615,14 +615,19 @@ def test_busy_is_a_fetch_error():
 # ---------------------------------------------------------------- disk full
 
 
+COPY = shutil.copyfileobj
+
+
 def disk_full_after(calls_allowed):
+    """A ``shutil.copyfileobj`` (what writes a download, and each file unzipped) that finds the
+    disk full after ``calls_allowed`` calls."""
     state = {"calls": 0}
 
-    def write(handle, chunk):
+    def write(source, target, *args):
         state["calls"] += 1
         if state["calls"] > calls_allowed:
             raise OSError(errno.ENOSPC, "No space left on device")
-        handle.write(chunk)
+        COPY(source, target, *args)
 
     return write
 
@@ -630,7 +635,7 @@ def disk_full_after(calls_allowed):
 def test_disk_full_during_download(server, prostate_tar, tmp_path, monkeypatch, capsys):
     archive, _ = prostate_tar
     server.files["Task05_Prostate.tar"] = archive.read_bytes()
-    monkeypatch.setattr(archives, "write_chunk", disk_full_after(0))
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full_after(0))
     root = tmp_path / "data"
 
     status = run_cli("fetch_prostate", "--root", str(root), "--checksum", md5(archive),
@@ -645,7 +650,7 @@ def test_disk_full_during_download(server, prostate_tar, tmp_path, monkeypatch, 
 def test_disk_full_during_extraction(server, montgomery_zip, tmp_path, monkeypatch):
     archive, files = montgomery_zip
     server.files["NLM-MontgomeryCXRSet.zip"] = archive.read_bytes()
-    monkeypatch.setattr(archives, "write_chunk", disk_full_after(2))  # 1 download chunk, 1 file
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full_after(2))  # the download, 1 file
 
     with pytest.raises(FetchError, match="disk full while extracting .*partial output was removed"):
         fetch(MONTGOMERY, tmp_path, url=server.url("NLM-MontgomeryCXRSet.zip"),
@@ -655,7 +660,7 @@ def test_disk_full_during_extraction(server, montgomery_zip, tmp_path, monkeypat
     kept = tmp_path / "downloads" / "NLM-MontgomeryCXRSet.zip"
     assert kept.read_bytes() == archive.read_bytes()  # verified archive kept for the next run
 
-    monkeypatch.setattr(archives, "write_chunk", lambda handle, chunk: handle.write(chunk))
+    monkeypatch.setattr(shutil, "copyfileobj", COPY)
     fetch(MONTGOMERY, tmp_path, url=server.url("NLM-MontgomeryCXRSet.zip"),
           checksum=sha256(archive), progress=False, say=lambda message: None)
     assert len(server.requests) == 1  # the second run reused the verified archive
