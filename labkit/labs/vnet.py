@@ -7,17 +7,34 @@ Importable outside the notebook (tests, benchmarks, ``labkit.train``); regenerat
 """
 
 
-from labkit.data.transforms import RandomAffine, RandomFlip, RandomIntensity
+import numpy as np
+from labkit.data.transforms import RandomAffine, RandomIntensity, RandomTransform
 import torch
 import math
 from torch import nn
-import numpy as np
 from labkit import torch_utils
 from labkit.viz import progress
 
 
+class RandomFlip(RandomTransform):
+    """Mirror every key along one spatial axis with ``probability``: one draw per case."""
+
+    def __init__(self, keys, axis=0, probability=0.5):
+        self.keys = list(keys)
+        self.axis = axis  # spatial axis: 0 = x, 1 = y, 2 = z
+        self.probability = probability
+
+    def __call__(self, case, rng):
+        flip = rng.random() < self.probability  # one decision for the whole case
+        case = dict(case)  # a new dict: the case we were given stays as it was
+        if flip:
+            for key in self.keys:
+                case[key] = np.flip(case[key], axis=self.axis + 1).copy()
+        return case
+
+
 both = ["image", "label"]
-augmentation = [RandomFlip(both, axes=(0,)),
+augmentation = [RandomFlip(both, axis=0),  # left-right mirror, your Exercise 1
                 RandomAffine(both, orders=(1, 0), degrees=10, scale=(0.9, 1.1)),  # label: nearest
                 RandomIntensity(["image"], scale=(0.9, 1.1), shift=(-0.1, 0.1))]
 
@@ -29,7 +46,7 @@ def dice_loss(prob, label, squared=True, eps=1e-5):
         prob: predicted probabilities, shape (batch, channels, x, y, z), values in [0, 1].
         label: the truth, same shape, 0 or 1.
         squared: V-Net's denominator sum(p^2) + sum(g^2); False: sum(p) + sum(g).
-        eps: keeps 0 / 0 defined when prediction and label are both empty.
+        eps: in the numerator and the denominator: two empty masks give Dice 1, loss 0.
 
     Returns:
         A scalar tensor: 0 for a perfect prediction, up to 1 for no overlap.
@@ -44,6 +61,15 @@ def dice_loss(prob, label, squared=True, eps=1e-5):
     return (1 - dice).mean()
 
 
+def dice_score(prob, label, threshold=0.5):
+    """Hard Dice per case, shape (batch,): prob > threshold against label (both empty: 1)."""
+    pred = (prob > threshold).float()
+    dims = tuple(range(1, pred.ndim))
+    overlap = (pred * label).sum(dims)
+    total = pred.sum(dims) + label.sum(dims)
+    return torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total))
+
+
 def make_norm(kind, channels):
     """The normalisation layer after a convolution: 'groupnorm', 'batchnorm' or 'none'."""
     if kind == "groupnorm":
@@ -56,7 +82,7 @@ def make_norm(kind, channels):
 
 
 class ResidualBlock(nn.Module):
-    """n_stages of conv 3x3x3 + norm (+ ReLU between them), plus a skip; ReLU after the sum."""
+    """n_stages of conv 3x3x3 + norm (ReLU between them), plus a skip; ReLU after the sum."""
 
     def __init__(self, n_stages, in_channels, out_channels, normalization="groupnorm"):
         super().__init__()
@@ -105,7 +131,7 @@ class VNet(nn.Module):
         normalization: 'groupnorm', 'batchnorm' or 'none'.
         down_stages: convolutions per residual block on the way down (one entry per level).
         bottom_stages: convolutions in the bottom block.
-        up_stages: convolutions per residual block on the way up.
+        up_stages: convolutions per residual block on the way up (deepest level first).
     """
 
     def __init__(self, in_channels=2, out_channels=1, base_filters=16, normalization="groupnorm",
@@ -121,7 +147,7 @@ class VNet(nn.Module):
             self.down.append(DownConv(widths[level], widths[level + 1], normalization))
             channels = widths[level + 1]
         self.bottom = ResidualBlock(bottom_stages, channels, channels, normalization)
-        self.up, self.decoder = nn.ModuleList(), nn.ModuleList()
+        self.up, self.decoder = nn.ModuleList(), nn.ModuleList()  # deepest level first
         for level, n_stages in zip(reversed(range(len(down_stages))), up_stages, strict=True):
             self.up.append(UpConv(widths[level + 1], widths[level], normalization))
             self.decoder.append(ResidualBlock(n_stages, widths[level], widths[level], normalization))
@@ -132,14 +158,14 @@ class VNet(nn.Module):
         if any(side % self.size_multiple for side in x.shape[2:]):
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])}: each side must be a "
                              f"multiple of {self.size_multiple}; pad or crop the volume")
-        skips = []
+        kept = []
         for block, down in zip(self.encoder, self.down, strict=True):
             x = block(x)
-            skips.append(x)  # kept for the long skip
+            kept.append(x)  # this level's features, for the way up
             x = down(x)
         x = self.bottom(x)
         for up, block in zip(self.up, self.decoder, strict=True):
-            x = up(x) + skips.pop()  # summation, not concatenation
+            x = up(x) + kept.pop()  # the deepest kept features first; summation, not concatenation
             x = block(x)
         return self.head(x)
 
@@ -153,25 +179,16 @@ def to_tensors(batch, device, channels_last=False):
     return image, label
 
 
-def dice_score(prob, label, threshold=0.5):
-    """Hard Dice per case, shape (batch,): prob > threshold against label (both empty: 1)."""
-    pred = (prob > threshold).float()
-    dims = tuple(range(1, pred.ndim))
-    overlap = (pred * label).sum(dims)
-    total = pred.sum(dims) + label.sum(dims)
-    return torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total))
-
-
 def train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1, scaler=None,
                     mixed_precision=False, channels_last=False):
-    """One pass over ``batches``, stepping the optimiser every ``accumulate`` batches.
+    """One pass over ``batches``, one optimiser step per group of ``accumulate`` batches.
 
     Returns:
-        {"loss": mean training loss, "dice": mean hard Dice of the training cases}.
+        {"loss": mean of the batches' losses, "dice": mean hard Dice of the training cases}.
     """
     device = torch.device(device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    net.train()
+    net.train()  # every epoch: evaluate() below switches to eval mode
     optimizer.zero_grad(set_to_none=True)
     losses, dices = [], []
     for index, batch in enumerate(progress(batches, desc="train")):
@@ -179,24 +196,29 @@ def train_one_epoch(net, batches, optimizer, loss_fn, device, accumulate=1, scal
         with torch_utils.autocast(device, mixed_precision):
             logits = net(image)
         prob = torch.sigmoid(logits.float())  # the loss in float32, also under autocast
-        loss = loss_fn(prob, label) / accumulate
-        scaler.scale(loss).backward()
+        loss = loss_fn(prob, label)
+        group = min(accumulate, len(batches) - index // accumulate * accumulate)  # the last may be short
+        scaler.scale(loss / group).backward()
         if (index + 1) % accumulate == 0 or index + 1 == len(batches):
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         # a NaN / Inf loss stops here, before the epoch's checkpoint is written
-        losses.append(torch_utils.check_loss(loss.item() * accumulate, step=index))
+        losses.append(torch_utils.check_loss(loss.item(), step=index))
         dices.extend(dice_score(prob.detach(), label).tolist())
     return {"loss": float(np.mean(losses)), "dice": float(np.mean(dices))}
 
 
 @torch.no_grad()
 def evaluate(net, batches, loss_fn, device, mixed_precision=False, channels_last=False):
-    """Mean loss and mean hard Dice over ``batches`` without gradients; ``cases``: each case's Dice."""
+    """Mean loss and mean hard Dice over ``batches`` without gradients.
+
+    Returns:
+        {"loss", "dice", "cases": {case id: Dice}, "example": (image, label, prob) of the first case}.
+    """
     device = torch.device(device)
     net.eval()
-    losses, cases = [], {}
+    losses, cases, example = [], {}, None
     for batch in progress(batches, desc="validation"):
         image, label = to_tensors(batch, device, channels_last)
         with torch_utils.autocast(device, mixed_precision):
@@ -204,4 +226,7 @@ def evaluate(net, batches, loss_fn, device, mixed_precision=False, channels_last
         prob = torch.sigmoid(logits.float())
         losses.append(loss_fn(prob, label).item())
         cases.update(zip(batch["id"], dice_score(prob, label).tolist(), strict=True))
-    return {"loss": float(np.mean(losses)), "dice": float(np.mean(list(cases.values()))), "cases": cases}
+        if example is None:
+            example = (batch["image"][0], batch["label"][0], prob[0].cpu().numpy())
+    return {"loss": float(np.mean(losses)), "dice": float(np.mean(list(cases.values()))),
+            "cases": cases, "example": example}

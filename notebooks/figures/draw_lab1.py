@@ -2,8 +2,9 @@
 """Draw the diagrams of Lab 1 (V-Net) with matplotlib and write them next to this script.
 
 Figures:
-    lab1_skip_fusion.png   encoder-decoder; skip fusion by concatenation vs summation
-    lab1_vnet.png          the V-Net used in the lab (levels, stages, channels, skips)
+    lab1_skip_fusion.png   encoder-decoder; skip fusion by concatenation (U-Net, the published
+                           V-Net) vs summation (this lab)
+    lab1_vnet.png          the V-Net of this lab (levels, stages, channels, skips)
 
 Usage:
     python notebooks/figures/draw_lab1.py [--out DIR]
@@ -105,13 +106,14 @@ def draw_skip_fusion(path: Path) -> Path:
     """Encoder-decoder overview plus the two ways of fusing a skip."""
     figure, axes = plt.subplots(1, 3, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     _encoder_decoder_panel(axes[0])
-    _fusion_panel(axes[1], "fusion by concatenation (U-Net)", concatenate=True)
-    _fusion_panel(axes[2], "fusion by summation (V-Net)", concatenate=False)
+    _fusion_panel(axes[1], "concatenation (U-Net, published V-Net)", concatenate=True)
+    _fusion_panel(axes[2], "summation (this lab)", concatenate=False)
     return _save(figure, path)
 
 
 def draw_vnet(path: Path, n_filters: int = 16) -> Path:
-    """The lab's V-Net: 5 levels, residual blocks, strided down-convs, transposed up-convs."""
+    """This lab's V-Net: 5 levels, residual blocks of 3x3x3 convolutions, strided down-convs,
+    transposed up-convs, long skips by summation (the published V-Net: 5x5x5, concatenation)."""
     down_stages, bottom_stages, up_stages = (1, 2, 3, 3), 3, (3, 3, 2, 1)
     figure, axes = plt.subplots(figsize=(11, 5.2))
     level_y = [4.0, 3.0, 2.0, 1.0, 0.0]
@@ -143,10 +145,11 @@ def draw_vnet(path: Path, n_filters: int = 16) -> Path:
     axes.text(10.95, level_y[0] + 0.3, "1x1x1 conv\n-> sigmoid\n-> mask", ha="left", va="center",
               fontsize=9, color=TEXT)
     _arrow(axes, (10.5, level_y[0] + 0.3), (10.9, level_y[0] + 0.3))
-    axes.text(5.25, 4.95, "long skips: summation (green)     short skips: inside each residual block",
-              ha="center", fontsize=9, color=TEXT)
+    axes.text(5.25, 4.95, "this lab: 3x3x3 convolutions, long skips by summation (green), short skips "
+              "inside each residual block\n(the published V-Net: 5x5x5 convolutions, long skips by "
+              "concatenation, PReLU, softmax over 2 channels)", ha="center", fontsize=9, color=TEXT)
     axes.set_xlim(-1.2, 12.0)
-    axes.set_ylim(-0.5, 5.2)
+    axes.set_ylim(-0.5, 5.45)
     axes.axis("off")
     return _save(figure, path)
 
