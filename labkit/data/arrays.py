@@ -1,9 +1,7 @@
-"""Array functions: plain numpy in, numpy out, no case dicts.
+"""Array functions: plain numpy in, numpy out, no case dicts (the dict wrappers call them).
 
-Each function can be read and tested on its own; the dict transforms (``labkit.data.transforms``)
-call them key by key. 3D volumes are channels-first ``(C, X, Y, Z)``, 2D images ``(H, W)``;
-spatial functions act on the trailing axes. scipy and nibabel are imported where they are used,
-so importing this module stays light.
+3D volumes are channels-first ``(C, X, Y, Z)``, 2D images ``(H, W)``; spatial functions act on
+the trailing axes. scipy and nibabel are imported where they are used.
 """
 
 from __future__ import annotations
@@ -12,15 +10,12 @@ import numpy as np
 
 
 def reorient_to_canonical(array: np.ndarray, affine: np.ndarray):
-    """Flip / permute the last three axes so they point Right, Anterior, Superior (RAS).
+    """Flip / permute the last three axes to Right, Anterior, Superior (RAS); returns
+    ``(array, affine)``.
 
-    Only whole-voxel moves: no interpolation. An oblique affine keeps its small rotation
-    (the closest axes are chosen); :func:`resample` removes it. The result is a view of the
-    input (flipped axes have negative strides): wrap it in ``np.ascontiguousarray`` before
-    ``torch.from_numpy``. Later transforms (resample, crop) return ordinary arrays.
-
-    Returns:
-        (array, affine) on the reoriented grid.
+    Whole-voxel moves only: an oblique affine keeps its small rotation (:func:`resample` removes
+    it). The array is a view with negative strides: ``np.ascontiguousarray`` it before
+    ``torch.from_numpy``.
     """
     import nibabel as nib
 
@@ -34,12 +29,8 @@ def reorient_to_canonical(array: np.ndarray, affine: np.ndarray):
 
 
 def resampled_grid(shape, affine: np.ndarray, spacing):
-    """The grid :func:`resample` maps onto: axes along x/y/z with ``spacing`` mm, covering the
-    whole input (nilearn's ``resample_img(target_affine=np.diag(spacing))`` rule).
-
-    Returns:
-        (target_shape, target_affine).
-    """
+    """``(target_shape, target_affine)`` of :func:`resample`: axes along x/y/z with ``spacing``
+    mm, covering the whole input (nilearn's ``resample_img(target_affine=np.diag(spacing))``)."""
     target = np.eye(4)
     target[:3, :3] = np.diag(np.asarray(spacing, dtype=float))
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
@@ -50,22 +41,14 @@ def resampled_grid(shape, affine: np.ndarray, spacing):
 
 
 def resample(array: np.ndarray, affine: np.ndarray, spacing, order: int = 1):
-    """Resample the last three axes onto an axis-aligned grid of ``spacing`` mm.
+    """Resample the last three axes of ``array`` (voxel-to-world ``affine``) onto an axis-aligned
+    grid of ``spacing`` mm (x, y, z); ``order`` 1 (linear) for images, 0 (nearest) for labels.
+    Returns ``(float32 array, affine)``.
 
-    An axis-aligned input (every case after reorientation, unless oblique) is resampled one
-    axis at a time (:func:`separable_resample`): the values of ``ndimage.affine_transform``,
-    several times faster. A first run waits for it: it keeps the cold preparation that
-    ``make bench`` times (data section) within its target. Oblique inputs go through
-    ``ndimage.affine_transform``.
-
-    Args:
-        array: ``(X, Y, Z)`` or ``(C, X, Y, Z)``.
-        affine: voxel-to-world matrix of ``array``.
-        spacing: target voxel size in mm (x, y, z).
-        order: 1 (linear) for images, 0 (nearest neighbour) for labels.
-
-    Returns:
-        (array, affine) on the new grid; float32.
+    An axis-aligned input (every case after reorientation, unless oblique) is resampled one axis
+    at a time (:func:`separable_resample`): the values of ``ndimage.affine_transform``, several
+    times faster. A first run waits for it: it keeps the cold preparation that ``make bench``
+    times (data section) within its target. Oblique inputs go through ``affine_transform``.
     """
     target_shape, target_affine = resampled_grid(array.shape[-3:], affine, spacing)
     matrix = np.linalg.inv(affine) @ target_affine  # target voxel -> source voxel
@@ -98,8 +81,8 @@ def separable_resample(volume: np.ndarray, matrix: np.ndarray, output_shape, ord
 
 def resample_axis(volume: np.ndarray, axis: int, scale: float, offset: float, size: int,
                   order: int) -> np.ndarray:
-    """Sample ``volume`` along one axis at ``scale * i + offset`` (i < ``size``): nearest
-    neighbour (``order=0``) or linear; 0 outside ``[0, n - 1]``."""
+    """Sample ``volume`` along ``axis`` at ``scale * i + offset`` (i < ``size``), nearest
+    (``order=0``) or linear; 0 outside ``[0, n - 1]``."""
     n = volume.shape[axis]
     coords = scale * np.arange(size) + offset
     along = [1] * volume.ndim
@@ -120,17 +103,15 @@ def resample_axis(volume: np.ndarray, axis: int, scale: float, offset: float, si
 
 
 def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int) -> np.ndarray:
-    """``ndimage.affine_transform(order=0 or 1, mode='constant', cval=0)`` of every channel of
-    ``array`` (..., X, Y[, Z]) for a matrix that turns the first two spatial axes together (a
-    rotation in that plane) and scales the third on its own, as the augmentation's
-    :class:`~labkit.data.augment.Affine` builds.
+    """``ndimage.affine_transform(order=0 or 1, cval=0)`` of every channel of ``array``
+    (..., X, Y[, Z]) for a matrix that turns the first two spatial axes together and scales the
+    third on its own, as :class:`~labkit.data.augment.Affine` builds.
 
-    Every (x, y) plane of every channel shares one set of source positions: the output is a
-    weighted sum of 4 gathers of whole z columns (1 for nearest neighbour), then the third axis
-    is resampled on its own. The augmentation runs on every batch of every epoch, in the thread
-    that prefetches batches while a network trains: ``make bench`` (data section, iterator
-    overhead) shows a CPU training epoch measurably longer with ``ndimage.affine_transform`` in
-    that thread. The values are the same (``tests/test_data_transforms.py``).
+    Every (x, y) plane shares one set of source positions: the output is a weighted sum of 4
+    gathers of whole z columns (1 for nearest), then the third axis is resampled on its own. The
+    augmentation runs on every batch, in the thread that prefetches batches while a network
+    trains: ``make bench`` (data section, iterator overhead) shows a CPU training epoch measurably
+    longer with ``ndimage.affine_transform`` there. Same values (``tests/test_data_transforms.py``).
     """
     array = np.asarray(array, dtype=np.float32)
     dims = len(offset)
@@ -173,11 +154,9 @@ def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, o
 
 def normalize_intensity(array: np.ndarray, mode: str = "zscore", per_channel: bool = True,
                         percentiles=(0.5, 99.5)) -> np.ndarray:
-    """Scale intensities, channel by channel (first axis) when ``per_channel``.
-
-    ``zscore``: zero mean, unit standard deviation. ``minmax``: the given percentiles go to
-    0 and 1, clipped. A constant channel becomes all zeros (no division by zero).
-    """
+    """Scale intensities, channel by channel (first axis) when ``per_channel``: ``zscore`` (zero
+    mean, unit standard deviation) or ``minmax`` (``percentiles`` to 0 and 1, clipped). A
+    constant channel becomes all zeros."""
     array = np.asarray(array, dtype=np.float32)
     if per_channel and array.ndim > 2:
         return np.stack([normalize_intensity(channel, mode, False, percentiles) for channel in array])
@@ -228,10 +207,8 @@ def crop_black_border(image: np.ndarray, threshold: float = 0.0) -> np.ndarray:
 
 
 def resize(array: np.ndarray, size, order: int = 1) -> np.ndarray:
-    """Resize the last ``len(size)`` axes to ``size`` (smoothing first when shrinking an image).
-
-    ``order`` 1 for images, 0 for labels (nearest neighbour keeps label values).
-    """
+    """Resize the last ``len(size)`` axes to ``size``; ``order`` 1 for images (smoothed first
+    when shrinking), 0 for labels (nearest neighbour keeps label values)."""
     from scipy import ndimage
 
     size = tuple(int(n) for n in size)
@@ -249,14 +226,8 @@ def fuse_masks(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def map_labels(label: np.ndarray, mapping: dict) -> np.ndarray:
-    """Replace label values through ``mapping`` ({old: new}); float32 out.
-
-    Non-negative integer labels (as read from a label file) go through a lookup table; other
-    values are compared one by one.
-
-    Raises:
-        ValueError: a value in ``label`` has no entry in ``mapping``.
-    """
+    """Replace label values through ``mapping`` ({old: new}), float32 out; a value without an
+    entry is a ValueError. Integer labels (a label file's) go through a lookup table."""
     label = np.asarray(label)
     if label.dtype.kind in "iu" and label.size and label.min() >= 0 and label.max() < 2**16:
         table = np.full(int(label.max()) + 1, np.nan, np.float32)

@@ -1,7 +1,7 @@
 """Augmentation: deterministic transforms, random twins that draw their parameters, ``Shuffle``.
 
-Each random transform draws its parameters from the ``rng`` passed in, then calls its
-deterministic twin (``RandomFlip`` -> ``Flip``), so a seed replays an augmentation exactly::
+A random transform draws its parameters from the ``rng`` passed in, then calls its deterministic
+twin, so a seed replays an augmentation exactly::
 
     RandomFlip(["image", "label"], axes=(0,)).draw(rng)  ->  Flip(["image", "label"], axes=(0,))
 
@@ -25,12 +25,10 @@ class Flip(Transform):
         self.spatial_dims = int(spatial_dims)
 
     def __call__(self, case):
-        case = dict(case)
-        for key in self.keys:
-            array = case[key]
-            leading = array.ndim - self.spatial_dims
-            case[key] = np.flip(array, axis=tuple(leading + a for a in self.axes)).copy() if self.axes else array
-        return case
+        if not self.axes:
+            return dict(case)
+        return self._each(case, lambda array: np.flip(
+            array, axis=tuple(array.ndim - self.spatial_dims + axis for axis in self.axes)).copy())
 
 
 class Affine(Transform):
@@ -52,8 +50,7 @@ class Affine(Transform):
         return matrix / self.scale
 
     def __call__(self, case):
-        case = dict(case)
-        matrix = self.matrix()
+        case, matrix = dict(case), self.matrix()
         for key, order in zip(self.keys, self.orders, strict=True):
             array = np.asarray(case[key], dtype=np.float32)
             if self.degrees != 0.0 or self.scale != 1.0:  # else the identity: nothing moves
@@ -71,13 +68,13 @@ class Intensity(Transform):
         self.scale = float(scale)
         self.shift = float(shift)
 
+    def _apply(self, array):
+        out = np.multiply(array, np.float32(self.scale), dtype=np.float32)
+        out += np.float32(self.shift)
+        return out
+
     def __call__(self, case):
-        case = dict(case)
-        for key in self.keys:
-            out = np.multiply(case[key], np.float32(self.scale), dtype=np.float32)
-            out += np.float32(self.shift)
-            case[key] = out
-        return case
+        return self._each(case, self._apply)
 
 
 class RandomFlip(RandomTransform):

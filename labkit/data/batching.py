@@ -1,26 +1,16 @@
-"""Batches from a list of cases, with transforms in three stages.
+"""Batches from a list of cases, with transforms in three stages: ``before`` (load, resample,
+normalise, crop: once per case, cached on disk, in worker processes), ``each_epoch`` (reorder the
+case list, e.g. ``Shuffle``) and ``each_batch`` (augment every case of every batch).
 
-================  =========================================  ==============================
-stage             what                                       when
-================  =========================================  ==============================
-``before``        load, resample, normalise, crop            once (cached on disk, parallel)
-``each_epoch``    reorder the case list (``Shuffle``)        at the start of every epoch
-``each_batch``    augment (``RandomFlip``, ...)              for every case in every batch
-================  =========================================  ==============================
+The prepared cases are kept in memory once; an epoch reorders references and a batch transform
+returns new arrays. Randomness is a function of ``(seed, epoch, position)``: the order comes from
+``default_rng([seed, epoch])``, each case's augmentation from ``default_rng([seed, epoch, 1,
+position])``, so ``set_epoch(e)`` replays epoch ``e`` after a resume; with ``rank`` /
+``world_size`` each process gets its share of the same order (padded by repeating cases).
 
-The prepared cases are kept in memory once; an epoch only reorders references, and a batch
-transform returns new arrays without touching the stored case (no deep copy of the data set).
-
-Randomness is a function of ``(seed, epoch, position)``: the epoch's order comes from
-``np.random.default_rng([seed, epoch])`` and each case's augmentation from
-``np.random.default_rng([seed, epoch, 1, position])``. After a resume, ``set_epoch(e)``
-replays epoch ``e`` exactly; with ``rank`` / ``world_size`` each process gets its own share of
-the same order (padded by repeating cases so every rank has as many batches).
-
-With ``prefetch=N`` one background thread assembles the next N batches while the network
-trains on one, and after an epoch's last batch the next epoch's first ones (numpy releases the
-interpreter lock while it works). The batches do not depend on this: they are the same, in the
-same order, with ``prefetch=0``.
+With ``prefetch=N`` one background thread assembles the next N batches while the network trains
+(numpy releases the interpreter lock), and after an epoch's last batch the next epoch's first
+ones. The batches are the same, in the same order, as with ``prefetch=0``.
 """
 
 from __future__ import annotations
@@ -32,9 +22,11 @@ import sys
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
+from labkit import paths
 from labkit.data.augment import Shuffle
 from labkit.data.cache import CaseCache
 from labkit.data.errors import DataError
@@ -46,19 +38,14 @@ class BatchIterator:
 
     Args:
         cases: case dicts (usually paths from ``list_cases`` / ``load_splits``).
-        batch_size: cases per batch.
-        before: transforms run once per case, results cached on disk.
-        each_epoch: callables ``(cases, rng) -> cases`` run at the start of each epoch.
-        each_batch: transforms run on every case of every batch (random ones get an rng).
-        shuffle: reorder the cases every epoch (seeded).
-        seed: base seed of every random draw.
+        before, each_epoch, each_batch: the three stages (``each_epoch`` callables take
+            ``(cases, rng)``; random ``each_batch`` transforms get an rng).
+        shuffle: reorder the cases every epoch (seeded by ``seed``).
         cache: True (``labkit.paths.cache_root()``), False, or a folder.
         workers: processes preparing cases; None means ``min(4, CPU cores)``.
-        drop_last: drop the last, smaller batch.
         rank, world_size: this process's share when training on several GPUs.
-        progress: show a progress bar while preparing (never when ``LABKIT_HEADLESS=1``).
-        prefetch: batches a background thread assembles ahead of the loop; 0 (the default)
-            assembles each batch when asked.
+        progress: a progress bar while preparing (never when ``LABKIT_HEADLESS=1``).
+        prefetch: batches a background thread assembles ahead (0: each when asked).
 
     Example:
         >>> it = BatchIterator(cases, batch_size=2, before=prostate.preprocessing(...))
@@ -185,31 +172,20 @@ def _stack(cases, key) -> np.ndarray:
     return np.stack([np.asarray(case[key], dtype=np.float32) for case in cases])
 
 
-# ----------------------------------------------------------------------------------------------
-# Preparing cases: disk cache, process pool, progress bar
-# ----------------------------------------------------------------------------------------------
-
-
 def prepare_cases(cases: list, transforms, cache=True, workers: int | None = None,
                   progress: bool = True) -> list:
-    """Run ``transforms`` on every case, reading and filling the disk cache.
+    """Run ``transforms`` on every case (in input order), reading and filling the disk cache.
 
-    Cases missing from the cache are prepared in a process pool of ``workers`` processes
-    (None: :func:`default_workers`); if the pool breaks (a worker killed for memory), the rest
-    are prepared in this process.
-
-    Returns:
-        The prepared cases, in the input order.
+    Cases missing from the cache are prepared in a pool of ``workers`` processes (None:
+    :func:`default_workers`); if the pool breaks (a worker killed for memory), the rest are
+    prepared in this process.
     """
     from tqdm.auto import tqdm
 
     if not transforms:
         return [dict(case) for case in cases]
-    case_cache = None
-    if cache is not False and cache is not None:
-        from labkit.paths import cache_root
-
-        case_cache = CaseCache(cache_root() if cache is True else cache, transforms)
+    case_cache = None if cache is False or cache is None else CaseCache(
+        paths.cache_root() if cache is True else cache, transforms)
     prepared = [case_cache.load(case) if case_cache else None for case in cases]
     missing = [i for i, case in enumerate(prepared) if case is None]
     workers = default_workers() if workers is None else max(1, int(workers))
@@ -218,10 +194,7 @@ def prepare_cases(cases: list, transforms, cache=True, workers: int | None = Non
     with tqdm(total=len(missing), desc="preparing cases", unit="case", leave=False,
               disable=quiet or not missing) as bar:
         for i, case in zip(missing, _prepare_all(jobs, workers), strict=True):
-            # A worker hands a case back through the disk cache (reading the file is cheaper than
-            # pickling a large volume through a pipe); if the cache could not be written, the
-            # case is prepared here.
-            if case is None:
+            if case is None:  # a worker hands a case back through the cache (cheaper than a pipe)
                 case = case_cache.load(cases[i]) or Compose(transforms)(cases[i])
             prepared[i] = case
             bar.update(1)
@@ -239,16 +212,12 @@ def default_workers() -> int:
 
 def _prepare(job, in_worker: bool = False) -> dict | None:
     """One prepared case, stored in the disk cache if there is one; a worker returns None for
-    a stored case (the parent reads it from the cache)."""
+    a stored case (the parent reads it from the cache, or prepares it if it could not be saved)."""
     case, transforms, case_cache = job
     prepared = Compose(transforms)(case)
     if case_cache is not None:
         case_cache.save(case, prepared)
     return None if in_worker and case_cache is not None else prepared
-
-
-def _prepare_in_worker(job) -> dict | None:
-    return _prepare(job, in_worker=True)
 
 
 def _prepare_all(jobs, workers: int):
@@ -264,7 +233,7 @@ def _prepare_all(jobs, workers: int):
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         try:
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-                for case in pool.map(_prepare_in_worker, jobs):
+                for case in pool.map(partial(_prepare, in_worker=True), jobs):
                     done += 1
                     yield case
             return

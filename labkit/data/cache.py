@@ -1,19 +1,16 @@
 """Disk cache of prepared cases: one folder of ``.npy`` files per case.
 
-Loading, reorienting and resampling a scan takes seconds; the result only depends on the
-transform settings and the source files. So a prepared case is stored under::
+Loading, reorienting and resampling a scan takes seconds, and the result depends only on the
+transform settings and the source files, so a prepared case is stored under::
 
-    <cache root>/<hash of the transforms' reprs>/<case id>-<hash of the source files>/
-        image.npy  label.npy  ...  case.json   (one .npy per array, the other values as JSON)
+    <cache root>/prepared/<hash of the transforms' reprs>/<case id>-<hash of the sources>/
+        0-image.npy  1-label.npy  ...  case.json   (one .npy per array, other values as JSON)
 
-Plain ``.npy`` files load 3x faster than one ``.npz`` archive (no zip layer, no CRC pass over
-every byte), and each can be opened by hand with ``np.load``.
-
-The source hash covers each file's path, size and modification time (and any other value in
-the case, arrays by content): editing or replacing a file gives a new name, and the stale entry
-of that case is deleted when the new one is written. Changing any transform setting gives a new
-folder. Files are written atomically, so
-an interrupted run never leaves a half-written entry. Delete the cache folder at any time.
+Plain ``.npy`` files load faster than an ``.npz`` archive and open by hand with ``np.load``. The
+source hash covers each file's path, size and modification time (other values of the case as
+they are, arrays by content): a changed file gives a new entry and the stale one is deleted; a
+changed transform setting gives a new folder. Entries are written atomically. Delete the cache
+folder at any time.
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ import numpy as np
 from labkit.io import atomic_dir, atomic_write_text
 
 _VALUES_FILE = "case.json"
-# Bump when a transform's arithmetic changes, so old cache entries are not reused.
-CACHE_VERSION = "labkit-prepared-v1"
+CACHE_VERSION = "labkit-prepared-v1"  # bump when a transform's arithmetic changes
 
 
 def chain_key(transforms) -> str:
@@ -63,12 +59,7 @@ def _safe(name: str) -> str:
 
 
 class CaseCache:
-    """The cache folder of one transform chain.
-
-    Args:
-        root: the cache root (``labkit.paths.cache_root()`` by default).
-        transforms: the chain whose results are stored.
-    """
+    """The cache folder of one transform chain under ``root`` (``labkit.paths.cache_root()``)."""
 
     def __init__(self, root, transforms):
         self.folder = Path(root) / "prepared" / chain_key(transforms)
@@ -78,16 +69,16 @@ class CaseCache:
         return self.folder / f"{_safe(str(case.get('id')))}-{case_key(case)}"
 
     def load(self, case: dict) -> dict | None:
-        """The prepared case, or None when absent or unreadable."""
+        """The prepared case, or None when absent or unreadable (then it is prepared again)."""
         path = self.path(case)
         try:
-            values = json.loads((path / _VALUES_FILE).read_text(encoding="utf-8"))
-            prepared = _from_json(values["values"])
-            for key, name in values["arrays"].items():
+            record = json.loads((path / _VALUES_FILE).read_text(encoding="utf-8"), object_hook=_from_json)
+            prepared = record["values"]
+            for key, name in record["arrays"].items():
                 prepared[key] = np.load(path / name, allow_pickle=False)
             return prepared
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None  # absent (FileNotFoundError) or damaged: prepare the case again
+            return None
 
     def save(self, case: dict, prepared: dict) -> None:
         """Store ``prepared`` (atomically) and delete older entries of the same case."""
@@ -118,28 +109,22 @@ class CaseCache:
 
 
 def _to_json(value):
+    """``value`` with arrays, tuples, paths and numpy scalars in a form JSON keeps."""
     if isinstance(value, np.ndarray):
         return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return {"__tuple__": [_to_json(v) for v in value]}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_to_json(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
     if isinstance(value, np.generic):
         return value.item()
-    return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _from_json(value):
-    if isinstance(value, dict):
-        if "__ndarray__" in value:
-            return np.array(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
-        if "__tuple__" in value:
-            return tuple(_from_json(v) for v in value["__tuple__"])
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
+def _from_json(record: dict):
+    """The ``json.loads`` object hook that undoes :func:`_to_json` (arrays and tuples back)."""
+    if "__ndarray__" in record:
+        return np.array(record["__ndarray__"], dtype=np.dtype(record["dtype"]))
+    return tuple(record["__tuple__"]) if "__tuple__" in record else record

@@ -1,8 +1,7 @@
-"""The error the data layer raises for bad input, and the warning for input it repaired.
+"""``DataError`` for bad input data, ``DataWarning`` for input that was repaired.
 
-A :class:`DataError` message always says which file, what is wrong with it and what to do,
-so a student can fix the problem without reading a traceback. This module imports nothing
-heavy: every module (and ``labkit.viz``) can import it.
+A DataError says which file, what is wrong and what to do, so a student can fix the problem
+without reading a traceback. This module imports nothing heavy: every module can import it.
 """
 
 from __future__ import annotations
@@ -16,12 +15,8 @@ NO_DATA_HELP = ("`make data` builds small synthetic sets in a minute; data_scrip
 
 
 class DataError(ValueError):
-    """Bad or missing input data.
-
-    Args:
-        path: the file or folder concerned (None when there is no single file).
-        problem: what is wrong, in plain words.
-        fix: what the user should do about it.
+    """Bad or missing input data: the ``path`` concerned (None: no single file), the ``problem``
+    and the ``fix``, in plain words.
 
     Example:
         >>> raise DataError("data/x.nii.gz", "the file is truncated", "download it again")
@@ -31,14 +26,11 @@ class DataError(ValueError):
     """
 
     def __init__(self, path: str | os.PathLike | None, problem: str, fix: str):
-        self.path = None if path is None else os.fspath(path)
-        self.problem = problem
-        self.fix = fix
-        where = f"{self.path}: " if self.path else ""
-        super().__init__(f"{where}{problem}. Fix: {fix}.")
+        self.path, self.problem, self.fix = None if path is None else os.fspath(path), problem, fix
+        super().__init__(f"{self.path + ': ' if self.path else ''}{problem}. Fix: {fix}.")
 
     def __reduce__(self):  # keep the three parts when sent across a process pool
-        return (type(self), (self.path, self.problem, self.fix))
+        return type(self), (self.path, self.problem, self.fix)
 
 
 class DataWarning(UserWarning):

@@ -6,12 +6,7 @@ On disk (real or synthetic, the reader cannot tell)::
     Task05_Prostate/imagesTr/prostate_00.nii.gz   4D: x, y, z, 2 channels (T2, ADC)
     Task05_Prostate/labelsTr/prostate_00.nii.gz   3D: 0 background, 1 PZ, 2 TZ
 
-Preprocessing, read top to bottom (Lab 1 shows this list)::
-
-    load -> reorient to RAS -> resample to `spacing` mm -> normalise each channel
-         -> crop or pad to `size` -> labels: whole gland (0/1) or zones (0/1/2)
-
-A prediction made on that final grid goes back onto the scan's own grid with
+A prediction on the preprocessed grid goes back onto the scan's own grid with
 :func:`to_original_grid` / :func:`save_prediction`, so 3D Slicer shows it aligned.
 """
 
@@ -27,6 +22,7 @@ from labkit.data import splits
 from labkit.data.errors import NO_DATA_FIX, NO_DATA_HELP, DataError
 from labkit.data.readers import LoadNifti, is_junk
 from labkit.data.wrappers import CropOrPad, MapLabels, NormalizeIntensity, Reorient, Resample
+from labkit.io import atomic_path
 
 LABEL_MAPPINGS = {"whole": {0: 0, 1: 1, 2: 1}, "zones": {0: 0, 1: 1, 2: 2}}
 
@@ -38,20 +34,17 @@ def dataset_dir(root=None) -> Path:
 
 def read_dataset_json(folder) -> dict | None:
     """The parsed ``dataset.json`` (None when absent); malformed files raise DataError."""
-    path = Path(folder) / "dataset.json"
+    path, fix = Path(folder) / "dataset.json", ("restore it from the downloaded archive, or delete "
+                                                 "the folder and run `make data`")
     if not path.exists():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
-        raise DataError(path, f"dataset.json is not valid JSON ({error})",
-                        "restore it from the downloaded archive, or delete the folder and run "
-                        "`make data`") from None
+        raise DataError(path, f"dataset.json is not valid JSON ({error})", fix) from None
     if not isinstance(record, dict) or not isinstance(record.get("training", []), list) \
             or not isinstance(record.get("labels", {}), dict):
-        raise DataError(path, "dataset.json lacks the MSD fields ('training' list, 'labels' map)",
-                        "restore it from the downloaded archive, or delete the folder and run "
-                        "`make data`")
+        raise DataError(path, "dataset.json lacks the MSD fields ('training' list, 'labels' map)", fix)
     return record
 
 
@@ -68,12 +61,8 @@ def _nifti_files(folder: Path) -> dict:
 
 
 def list_cases(root=None) -> list[dict]:
-    """Labelled cases ``[{'id', 'image', 'label'}]`` (paths), sorted by id.
-
-    Raises:
-        DataError: no data (folder missing or empty), a malformed ``dataset.json``, or an
-            image without its label.
-    """
+    """Labelled cases ``[{'id', 'image', 'label'}]`` (paths), sorted by id; no data, a malformed
+    ``dataset.json`` or an image without its label is a DataError."""
     folder = dataset_dir(root)
     images = _nifti_files(folder / "imagesTr")
     if not images:
@@ -95,15 +84,13 @@ def load_splits(root=None, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
 
 
 def preprocessing(spacing=(1.0, 1.0, 1.0), size=(128, 128, 64), labels: str = "whole") -> list:
-    """The transforms from file paths to network-ready arrays.
+    """The transforms from file paths to network-ready arrays, read top to bottom (Lab 1 shows
+    this list): image ``(2, X, Y, Z)`` float32, label ``(1, X, Y, Z)``.
 
     Args:
         spacing: voxel size in mm after resampling (x, y, z).
         size: voxels fed to the network (x, y, z), centre crop or zero pad.
         labels: ``'whole'`` (gland = 1) or ``'zones'`` (1 PZ, 2 TZ).
-
-    Returns:
-        A list of transforms; image ends as ``(2, X, Y, Z)`` float32, label ``(1, X, Y, Z)``.
     """
     if labels not in LABEL_MAPPINGS:
         raise ValueError(f"labels must be 'whole' or 'zones', got {labels!r}")
@@ -120,17 +107,11 @@ def preprocessing(spacing=(1.0, 1.0, 1.0), size=(128, 128, 64), labels: str = "w
 
 
 def to_original_grid(pred, case: dict):
-    """Put a prediction made on the preprocessed grid back onto the scan's own grid.
+    """A label map ``pred`` (``(X, Y, Z)`` or ``(1, X, Y, Z)``) on the grid of the preprocessed
+    ``case['image']`` as a uint8 ``nibabel.Nifti1Image`` on the scan's own grid.
 
-    Nearest-neighbour sampling through ``inverse(grid affine) @ original affine``: undoes the
+    Nearest-neighbour sampling through ``inverse(grid affine) @ original affine`` undoes the
     crop / pad, the resampling and the reorientation at once.
-
-    Args:
-        pred: label map ``(X, Y, Z)`` or ``(1, X, Y, Z)`` on the grid of ``case['image']``.
-        case: the preprocessed case (its ``image_meta`` holds both affines).
-
-    Returns:
-        ``nibabel.Nifti1Image`` (uint8) with the original shape and affine.
     """
     import nibabel as nib
     from scipy import ndimage
@@ -158,8 +139,6 @@ def to_original_grid(pred, case: dict):
 def save_prediction(pred, case: dict, path) -> Path:
     """Write :func:`to_original_grid` as NIfTI (atomically); returns the path."""
     import nibabel as nib
-
-    from labkit.io import atomic_path
 
     path = Path(path)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii.gz"

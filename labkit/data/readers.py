@@ -1,9 +1,5 @@
-"""File readers: NIfTI volumes and PNG images into arrays, with every failure a DataError.
-
-``LoadNifti`` and ``LoadPNG`` are dict transforms (the first step of a preparation chain);
-``read_png`` reads one image. A damaged, truncated, mis-shaped or mismatched file gets a
-:class:`~labkit.data.errors.DataError` that names the file, the problem and the fix.
-"""
+"""File readers: NIfTI volumes and PNG images into arrays (``LoadNifti``, ``LoadPNG``: the first
+step of a chain). A damaged, truncated, mis-shaped or mismatched file is a DataError naming it."""
 
 from __future__ import annotations
 
@@ -15,8 +11,7 @@ import numpy as np
 from labkit.data.errors import DataError, DataWarning
 from labkit.data.wrappers import Transform, key_tuple, source_of
 
-# Largest volume (after conversion to float32) that LoadNifti reads, in MB.
-MAX_VOLUME_MB = float(os.environ.get("LABKIT_MAX_VOLUME_MB", 2048))
+MAX_VOLUME_MB = float(os.environ.get("LABKIT_MAX_VOLUME_MB", 2048))  # largest volume read, as float32
 JUNK_NAMES = (".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX")
 
 
@@ -26,20 +21,15 @@ def is_junk(name: str) -> bool:
 
 
 class LoadNifti(Transform):
-    """Read NIfTI files into channels-first float32 arrays ``(C, X, Y, Z)``.
-
-    Keys in ``integer_keys`` (label maps) keep the file's integer type when the file stores
-    integers without scaling: :class:`~labkit.data.transforms.MapLabels` then maps them without
-    first converting every voxel to float32. Stores ``<key>_meta`` = {path, affine, spacing,
-    shape, grid_affine}. Non-finite voxels (NaN, Inf) are replaced by 0 with a
-    :class:`~labkit.data.errors.DataWarning` naming the file: the rest of the scan is still
-    usable. Volumes must share one grid (same shape and affine).
+    """Read NIfTI files into channels-first float32 arrays ``(C, X, Y, Z)`` sharing one grid, with
+    ``<key>_meta`` = {path, affine, spacing, shape, grid_affine}.
 
     Args:
         keys: case keys holding paths.
         channels: optional {key: expected channel count}; 1 means a 3D file.
         max_mb: refuse volumes larger than this (as float32) with a clear error.
-        integer_keys: keys whose integer voxels stay integers (see above).
+        integer_keys: label keys whose unscaled integer voxels stay integers (``MapLabels`` maps
+            them without converting every voxel to float32 first).
     """
 
     def __init__(self, keys, channels: dict | None = None, max_mb: float | None = None, integer_keys=()):
@@ -64,12 +54,9 @@ class LoadNifti(Transform):
 
 def read_nifti(path: str, channels: int | None = None, max_mb: float = MAX_VOLUME_MB,
                keep_integers: bool = False):
-    """One NIfTI file as (array ``(C, X, Y, Z)``, affine); every failure is a DataError.
-
-    The array is float32, or with ``keep_integers`` the file's integers when it stores them
-    without scaling (native byte order). The voxels keep the file's (Fortran) memory order:
-    each channel is one contiguous block.
-    """
+    """One NIfTI file as ``(array (C, X, Y, Z), affine)``, float32 (``keep_integers``: the file's
+    unscaled integers, native byte order), each channel one contiguous block. Every failure is a
+    DataError; NaN / Inf voxels become 0 with a DataWarning naming the file."""
     import nibabel as nib
 
     if not os.path.isfile(path):
@@ -110,8 +97,7 @@ def _whole_file(path: str, image):
 
     Decompressing is about half of a cold preparation; ISA-L's gzip (the ``isal`` package) does
     it in one call, much faster than the zlib stream nibabel reads through. A first run waits for
-    it: it keeps the cold preparation that ``make bench`` times (data section) within its
-    target. nibabel decodes the bytes (header, scaling, byte order); other files it reads itself.
+    it: it keeps the cold preparation that ``make bench`` times (data section) within its target.
     """
     if not path.endswith(".nii.gz"):
         return image
@@ -127,8 +113,7 @@ def _check_dimensions(path: str, shape: tuple, channels: int | None) -> None:
     if len(shape) not in (3, 4):
         raise DataError(path, f"expected a 3D or 4D volume, found shape {shape}",
                         "use a volume (x, y, z) or a multi-channel volume (x, y, z, channels)")
-    found = 1 if len(shape) == 3 else shape[3]
-    if channels is None or found == channels:
+    if channels is None or channels == (1 if len(shape) == 3 else shape[3]):
         return
     if channels == 1:
         raise DataError(path, f"expected a 3D volume (one channel), found shape {shape}",
@@ -154,10 +139,8 @@ def _check_same_grid(case: dict, keys) -> None:
 
 
 class LoadPNG(Transform):
-    """Read PNGs as 2D float32 arrays in [0, 1] (:func:`read_png`); all keys must have one size.
-
-    Stores ``<key>_meta`` = {path, shape}.
-    """
+    """Read PNGs as 2D float32 arrays in [0, 1] (:func:`read_png`) of one size, with
+    ``<key>_meta`` = {path, shape}."""
 
     def __init__(self, keys):
         self.keys = key_tuple(keys)
@@ -178,11 +161,8 @@ class LoadPNG(Transform):
 
 
 def read_png(path: str) -> np.ndarray:
-    """One PNG as a float32 (H, W) array in [0, 1]; every failure is a DataError.
-
-    RGB / RGBA / palette images become grayscale (alpha dropped); 8-bit is divided by 255,
-    16-bit by 4095 when the values fit in 12 bits (X-ray detectors) else by 65535.
-    """
+    """One PNG as a float32 (H, W) array in [0, 1]; every failure is a DataError. Colour becomes
+    gray (alpha dropped); 16-bit is divided by 4095 when it fits 12 bits (X-ray), else 65535."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
@@ -197,14 +177,9 @@ def read_png(path: str) -> np.ndarray:
 
 
 def _to_gray(image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode.startswith("I"):  # 16-bit: "I;16", "I;16B", "I;16L" or "I"
         array = np.asarray(image, dtype=np.float32)
-        scale = 4095.0 if array.max() <= 4095 else (65535.0 if array.max() <= 65535 else float(array.max()))
-        return np.clip(array / scale, 0, 1)
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        high = float(array.max())
-        return array / high if high > 0 else array
+        return np.clip(array / (4095.0 if array.max() <= 4095 else 65535.0), 0, 1)
     if "A" in image.mode or image.mode == "P":  # transparency / palette: drop alpha via RGB
         image = image.convert("RGBA").convert("RGB")
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0

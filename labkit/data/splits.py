@@ -1,8 +1,7 @@
 """A fixed, seeded, written-down train / validation / test split.
 
-The MSD prostate set has no validation folder and Montgomery has no split at all, so the course
-makes one: cases are shuffled with a seed, cut by ``fractions``, and the lists of ids are
-written to ``<dataset_dir>/labkit_splits.json``. Later runs read that file, so every notebook,
+Neither data set comes with one, so cases are shuffled with a seed, cut by ``fractions``, and the
+ids written to ``<dataset_dir>/labkit_splits.json``. Later runs read that file, so every notebook,
 test and benchmark sees the same split even if the shuffling code changes.
 """
 
@@ -22,9 +21,8 @@ PARTS = ("train", "validation", "test")
 
 
 def split_ids(ids, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
-    """Shuffle ``ids`` with ``seed`` and cut them by ``fractions``.
-
-    With three or more ids, validation and test get at least one case each.
+    """Shuffle ``ids`` with ``seed`` and cut them by ``fractions``; with three or more ids,
+    validation and test get at least one each.
 
     Example:
         >>> parts = split_ids([f"c{i}" for i in range(10)], seed=0)
@@ -35,9 +33,7 @@ def split_ids(ids, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
         raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
     ids = sorted(ids)
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    total = sum(fractions)
-    n_validation = int(round(len(ids) * fractions[1] / total))
-    n_test = int(round(len(ids) * fractions[2] / total))
+    n_validation, n_test = (int(round(len(ids) * part / sum(fractions))) for part in fractions[1:])
     if len(ids) >= 3:
         n_validation = max(n_validation, 1 if fractions[1] > 0 else 0)
         n_test = max(n_test, 1 if fractions[2] > 0 else 0)
@@ -47,35 +43,24 @@ def split_ids(ids, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
 
 
 def load_splits(dataset_dir, cases, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
-    """The split of ``cases`` (dicts with an ``id``), written once and reused.
-
-    The file is rewritten when its ids no longer match the cases found on disk (another data
-    set was put in place). When the folder is read-only the split is computed but not written.
-
-    Returns:
-        ``{'train': [case, ...], 'validation': [...], 'test': [...]}``.
-    """
+    """``{'train': [case, ...], 'validation': [...], 'test': [...]}`` of ``cases`` (dicts with an
+    ``id``), written once and reused; rewritten when its ids no longer match the cases (another
+    data set was put in place), computed but not written in a read-only folder."""
     path = Path(dataset_dir) / SPLITS_FILE
     by_id = {case["id"]: case for case in cases}
-    parts = _read(path)
+    parts = None
+    if path.exists():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            parts = {part: [str(i) for i in record[part]] for part in PARTS}
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(path, f"the split file is malformed ({error})",
+                            "delete it; a new split is written on the next run") from None
     if parts is None or sorted(sum(parts.values(), [])) != sorted(by_id):
         parts = split_ids(by_id, fractions, seed)
-        record = dict(parts, seed=seed, fractions=list(fractions))
         try:
-            atomic_write_json(path, record)
+            atomic_write_json(path, dict(parts, seed=seed, fractions=list(fractions)))
         except OSError as error:
             warnings.warn(f"{path}: could not save the split ({error}); it is recomputed each time",
                           stacklevel=2)
     return {part: [by_id[i] for i in parts[part]] for part in PARTS}
-
-
-def _read(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        parts = {part: [str(i) for i in record[part]] for part in PARTS}
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(path, f"the split file is malformed ({error})",
-                        "delete it; a new split is written on the next run") from None
-    return parts

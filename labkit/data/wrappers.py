@@ -1,14 +1,10 @@
-"""Dict transforms: the ``Transform`` base, ``Compose``, and thin wrappers of the array functions.
+"""Dict transforms: the ``Transform`` base, ``Compose``, and wrappers of ``labkit.data.arrays``.
 
-A *case* is a dict: ``{'id': 'prostate_00', 'image': <path or array>, 'label': ...}``. Each dict
-transform is a callable ``case -> case`` that returns a new dict (the input is never changed)
-and has a stable ``repr``, which the disk cache uses as its key. The arithmetic lives in
-``labkit.data.arrays``; a wrapper applies it key by key.
-
-Volumes carry ``<key>_meta`` = ``{path, affine, spacing, shape}`` (the file on disk) plus
-``grid_affine``: the voxel-to-world matrix of the array as it is *now*, updated by every
-transform that moves voxels, so a prediction can be put back on the original grid
-(``labkit.data.prostate.to_original_grid``).
+A *case* is a dict ``{'id': 'prostate_00', 'image': <path or array>, 'label': ...}``; a transform
+is a callable ``case -> new case`` (the input is never changed) whose stable ``repr`` is the disk
+cache's key. Volumes carry ``<key>_meta`` = ``{path, affine, spacing, shape}`` (the file) plus
+``grid_affine``, the voxel-to-world matrix of the array as it is now, updated by every transform
+that moves voxels (``labkit.data.prostate.to_original_grid`` uses it).
 """
 
 from __future__ import annotations
@@ -20,23 +16,25 @@ from labkit.data.errors import DataError
 
 
 class Transform:
-    """Base class: a callable ``case -> new case`` with a stable ``repr`` (the cache key)."""
+    """Base class: a callable ``case -> new case`` whose ``repr`` lists its public attributes in a
+    stable form (the cache key); transforms with the same settings are equal."""
 
     def __call__(self, case: dict) -> dict:
         raise NotImplementedError
 
-    def _settings(self) -> dict:
-        return {name: value for name, value in vars(self).items() if not name.startswith("_")}
-
     def __repr__(self) -> str:
-        settings = ", ".join(f"{name}={_stable(value)}" for name, value in self._settings().items())
-        return f"{type(self).__name__}({settings})"
+        settings = [f"{name}={_stable(value)}" for name, value in vars(self).items() if name[0] != "_"]
+        return f"{type(self).__name__}({', '.join(settings)})"
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and repr(self) == repr(other)
 
     def __hash__(self) -> int:
         return hash(repr(self))
+
+    def _each(self, case: dict, function) -> dict:
+        """A new case with ``function(array)`` in place of each of ``self.keys``."""
+        return {**case, **{key: function(case[key]) for key in self.keys}}
 
 
 class RandomTransform(Transform):
@@ -46,7 +44,7 @@ class RandomTransform(Transform):
         raise NotImplementedError
 
     def __call__(self, case: dict, rng: np.random.Generator | None = None) -> dict:
-        if rng is None:
+        if rng is None:  # a seed replays an augmentation: no hidden global generator
             raise ValueError(f"{type(self).__name__} needs a numpy Generator: call it as t(case, rng)")
         return self.draw(rng)(case)
 
@@ -92,22 +90,18 @@ def source_of(case: dict, key: str) -> str:
     return meta.get("path") or str(case.get("id", "<case>"))
 
 
-def _grid_affine(case: dict, key: str) -> np.ndarray:
+def _move(case: dict, key: str, move) -> None:
+    """``case[key], grid = move(case[key], grid)``, the grid affine kept in ``<key>_meta``."""
     meta = case.get(f"{key}_meta")
     if not meta:
         raise DataError(None, f"case {case.get('id')!r} has no '{key}_meta' (no affine)",
                         "load the volume with LoadNifti before moving voxels")
-    return meta.get("grid_affine", meta["affine"])
-
-
-def _update_grid(case: dict, key: str, affine: np.ndarray) -> None:
-    meta = case.get(f"{key}_meta")
-    if meta is not None:
-        case[f"{key}_meta"] = dict(meta, grid_affine=np.asarray(affine, dtype=float))
+    case[key], affine = move(case[key], meta.get("grid_affine", meta["affine"]))
+    case[f"{key}_meta"] = dict(meta, grid_affine=np.asarray(affine, dtype=float))
 
 
 class Reorient(Transform):
-    """Flip / permute volumes to RAS orientation (:func:`~labkit.data.arrays.reorient_to_canonical`)."""
+    """Flip / permute volumes to RAS (:func:`~labkit.data.arrays.reorient_to_canonical`)."""
 
     def __init__(self, keys):
         self.keys = key_tuple(keys)
@@ -115,14 +109,12 @@ class Reorient(Transform):
     def __call__(self, case):
         case = dict(case)
         for key in self.keys:
-            case[key], affine = arrays.reorient_to_canonical(case[key], _grid_affine(case, key))
-            _update_grid(case, key, affine)
+            _move(case, key, arrays.reorient_to_canonical)
         return case
 
 
 class Resample(Transform):
-    """Resample volumes to ``spacing`` mm (:func:`~labkit.data.arrays.resample`); order 1
-    images, 0 labels."""
+    """Resample volumes to ``spacing`` mm (:func:`~labkit.data.arrays.resample`)."""
 
     def __init__(self, keys, spacing, order: int = 1):
         self.keys = key_tuple(keys)
@@ -132,8 +124,7 @@ class Resample(Transform):
     def __call__(self, case):
         case = dict(case)
         for key in self.keys:
-            case[key], affine = arrays.resample(case[key], _grid_affine(case, key), self.spacing, self.order)
-            _update_grid(case, key, affine)
+            _move(case, key, lambda array, grid: arrays.resample(array, grid, self.spacing, self.order))
         return case
 
 
@@ -146,10 +137,7 @@ class NormalizeIntensity(Transform):
         self.per_channel = per_channel
 
     def __call__(self, case):
-        case = dict(case)
-        for key in self.keys:
-            case[key] = arrays.normalize_intensity(case[key], self.mode, self.per_channel)
-        return case
+        return self._each(case, lambda array: arrays.normalize_intensity(array, self.mode, self.per_channel))
 
 
 class CropOrPad(Transform):
@@ -159,15 +147,18 @@ class CropOrPad(Transform):
         self.keys = key_tuple(keys)
         self.size = tuple(int(n) for n in size)
 
+    def _crop(self, array, grid):
+        shift = np.eye(4)  # voxel 0 of the new grid is old voxel `start`
+        shift[:3, 3] = arrays.crop_or_pad_start(array.shape[-3:], self.size)
+        return arrays.crop_or_pad(array, self.size), grid @ shift
+
     def __call__(self, case):
         case = dict(case)
         for key in self.keys:
-            if f"{key}_meta" in case and len(self.size) == 3:
-                start = arrays.crop_or_pad_start(case[key].shape[-3:], self.size)
-                shift = np.eye(4)
-                shift[:3, 3] = start  # voxel 0 of the new grid is old voxel `start`
-                _update_grid(case, key, _grid_affine(case, key) @ shift)
-            case[key] = arrays.crop_or_pad(case[key], self.size)
+            if f"{key}_meta" in case and len(self.size) == 3:  # a volume: its grid moves too
+                _move(case, key, self._crop)
+            else:
+                case[key] = arrays.crop_or_pad(case[key], self.size)
         return case
 
 
@@ -194,23 +185,18 @@ class MapLabels(Transform):
         self.mapping = {int(k): int(v) for k, v in mapping.items()}
 
     def __call__(self, case):
-        case = dict(case)
         label = np.asarray(case[self.key])
-        try:
-            try:
-                case[self.key] = arrays.map_labels(label, self.mapping)
-            except ValueError:  # values like 0.9999 (scaled storage): round them, then judge
-                case[self.key] = arrays.map_labels(np.rint(label), self.mapping)
+        try:  # values like 0.9999 (scaled storage) are rounded, then judged
+            mapped = arrays.map_labels(label if label.dtype.kind in "iub" else np.rint(label), self.mapping)
         except ValueError as error:
             raise DataError(source_of(case, self.key), f"unexpected label values: {error}",
                             f"labels must use only {sorted(self.mapping)}; check this is a "
                             "label file of this data set") from None
-        return case
+        return {**case, self.key: mapped}
 
 
 class FuseMasks(Transform):
-    """``out`` = union of two masks (:func:`~labkit.data.arrays.fuse_masks`); the two mask keys
-    are removed."""
+    """``out`` = union of two masks (:func:`~labkit.data.arrays.fuse_masks`), which are removed."""
 
     def __init__(self, left: str, right: str, out: str = "label"):
         self.left = left
@@ -233,14 +219,11 @@ class CropBlackBorder(Transform):
         self.threshold = float(threshold)
 
     def __call__(self, case):
-        case = dict(case)
         box = arrays.black_border_box(case[self.image_key], self.threshold)
         if box is None:
             raise DataError(source_of(case, self.image_key), "the image is entirely black",
                             "remove this case or replace the file")
-        for key in (self.image_key,) + self.other_keys:
-            case[key] = case[key][box]
-        return case
+        return {**case, **{key: case[key][box] for key in (self.image_key,) + self.other_keys}}
 
 
 class Resize(Transform):
@@ -254,7 +237,5 @@ class Resize(Transform):
             raise ValueError(f"Resize: {len(self.keys)} keys but {len(self.orders)} orders")
 
     def __call__(self, case):
-        case = dict(case)
-        for key, order in zip(self.keys, self.orders, strict=True):
-            case[key] = arrays.resize(case[key], self.size, order)
-        return case
+        orders = dict(zip(self.keys, self.orders, strict=True))
+        return {**case, **{key: arrays.resize(case[key], self.size, orders[key]) for key in self.keys}}
