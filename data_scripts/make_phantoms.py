@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from labkit.data import phantoms  # noqa: E402
+from labkit.paths import LUNG_DIR, PROSTATE_DIR  # noqa: E402
 
 
 def _progress(iterable, total):
@@ -30,6 +31,32 @@ def _progress(iterable, total):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, leave=False, unit="case")
+
+
+def make_default_sets(root, only: str | None = None, prostate_cases: int = 32,
+                      lung_cases: int = 80, seed: int = 0, progress=None, log=print,
+                      prostate_geometry=phantoms.DEFAULT_PROSTATE,
+                      lung_geometry=phantoms.DEFAULT_LUNG) -> dict:
+    """Build the synthetic sets under ``root``, skipping a set whose folder already has files;
+    returns ``{'prostate': 'built'|'exists'|'skipped', 'lung': ...}``."""
+    outcome = {}
+    for name, folder in (("prostate", Path(root) / PROSTATE_DIR), ("lung", Path(root) / LUNG_DIR)):
+        if only and only != name:
+            outcome[name] = "skipped"
+        elif folder.exists() and any(folder.iterdir()):
+            log(f"{folder} already exists: left as it is (delete it to rebuild)")
+            outcome[name] = "exists"
+        else:
+            if folder.exists():
+                folder.rmdir()
+            log(f"building synthetic {name} set in {folder} ...")
+            if name == "prostate":
+                phantoms.write_prostate_set(folder, prostate_cases, max(2, prostate_cases // 8),
+                                            seed, prostate_geometry, progress)
+            else:
+                phantoms.write_lung_set(folder, lung_cases, seed, lung_geometry, progress)
+            outcome[name] = "built"
+    return outcome
 
 
 def main(argv=None) -> int:
@@ -59,11 +86,10 @@ def main(argv=None) -> int:
                                 slices=tuple(args.prostate_slices))
     lung_geometry = replace(phantoms.DEFAULT_LUNG, long_side=tuple(args.lung_sizes))
     start = time.perf_counter()
-    outcome = phantoms.make_default_sets(Path(args.root), only=args.only,
-                                         prostate_cases=args.prostate_cases,
-                                         lung_cases=args.lung_cases, seed=args.seed,
-                                         progress=_progress, prostate_geometry=prostate_geometry,
-                                         lung_geometry=lung_geometry)
+    outcome = make_default_sets(Path(args.root), only=args.only,
+                                prostate_cases=args.prostate_cases, lung_cases=args.lung_cases,
+                                seed=args.seed, progress=_progress,
+                                prostate_geometry=prostate_geometry, lung_geometry=lung_geometry)
     built = [name for name, what in outcome.items() if what == "built"]
     print(f"synthetic data in {Path(args.root).resolve()}: "
           + ", ".join(f"{name} {what}" for name, what in outcome.items())

@@ -1,21 +1,14 @@
 """Synthetic stand-ins for the two course data sets, written in the official on-disk layouts.
 
 The real sets (MSD Task05 prostate MRI, Montgomery chest X-rays) must be downloaded; these
-phantoms let the labs, the tests and CI run anywhere. Each phantom is drawn from smooth random
-anatomy, so a network has something to learn, and tissue intensities overlap, so a single
-intensity threshold does not solve the task.
-
-Prostate MRI (two channels, T2-like and ADC-like), built in world millimetres so that the
-stored voxel array follows the affine (some cases are stored flipped, like real scans)::
-
-    fat / muscle pelvis, bladder (anterior, superior), rectum (posterior),
-    gland = transition zone (label 2, central) + peripheral zone (label 1, posterior crescent)
-
-Chest X-ray: attenuation of body, lungs, heart, spine, ribs and clavicles, turned into a
-12-bit radiograph; the left and right lung masks are the labels.
-
-All randomness comes from the ``numpy.random.Generator`` passed in, so a seed gives the same
-set on every machine. ``write_prostate_set`` / ``write_lung_set`` write a whole set atomically.
+phantoms let the labs, the tests and CI run anywhere. Each is drawn from smooth random anatomy,
+so a network has something to learn, with overlapping tissue intensities, so a single threshold
+does not solve the task. Prostate MRI: two channels (T2-like, ADC-like) built in world mm, so
+the stored array follows the affine (some cases stored flipped, like real scans); pelvis, bladder,
+rectum and a gland with transition zone (label 2) and posterior peripheral zone (label 1).
+Chest X-ray: attenuation of body, lungs, heart, spine, ribs and clavicles as a 12-bit
+radiograph, with left and right lung masks. All randomness comes from the ``numpy.random.
+Generator`` passed in: a seed gives the same set on every machine, whatever the workers.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ from scipy import ndimage
 
 from labkit.data.batching import default_workers
 from labkit.io import atomic_dir
-from labkit.paths import LUNG_DIR, PROSTATE_DIR, SYNTHETIC_MARKER
+from labkit.paths import SYNTHETIC_MARKER
 
 MARKER_TEXT = (
     "This folder holds SYNTHETIC phantoms made by `make data` (labkit.data.phantoms),\n"
@@ -57,15 +50,14 @@ def smooth_field(rng: np.random.Generator, shape, coarse_shape) -> np.ndarray:
 
 
 def _write_set(dataset_dir, folders, files: dict, function, jobs, workers, progress) -> Path:
-    """Make ``folders`` and ``files`` ({name: text}) in a temporary folder beside
-    ``dataset_dir``, run ``function((folder, *job))`` for every job (in a process pool when there
-    are cores to spare; each job draws from its own seeded generator, so the set does not depend
-    on the pool), add the synthetic marker, then rename the folder into place."""
+    """Make ``folders``, ``files`` ({name: text}) and the synthetic marker in a temporary folder
+    beside ``dataset_dir``, run ``function((folder, *job))`` for every job (in a process pool
+    when there are cores to spare; each job seeds its own generator), then rename it into place."""
     workers = default_workers() if workers is None else max(1, int(workers))
     parallel = workers > 1 and len(jobs) >= 4  # fork on Linux: workers run numpy, scipy, nibabel
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with atomic_dir(dataset_dir) as folder, \
-            (ProcessPoolExecutor(workers, mp_context=context) if parallel else nullcontext()) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context) if parallel else nullcontext()
+    with atomic_dir(dataset_dir) as folder, pool:
         for sub in folders:
             (folder / sub).mkdir(parents=True)
         jobs = [(folder,) + tuple(job) for job in jobs]
@@ -126,12 +118,8 @@ def _ellipsoid(u, v, w, centre, radii):
 
 
 def _prostate_anatomy(rng, shape, affine):
-    """Tissue masks and labels for one case.
-
-    Returns:
-        (masks, label): ``masks`` maps tissue name to a boolean array painted in order
-        (later entries cover earlier ones); ``label`` is uint8 (0 bg, 1 PZ, 2 TZ).
-    """
+    """``masks`` {tissue: boolean array}, painted in order (later entries cover earlier ones),
+    and ``label`` uint8 (0 background, 1 PZ, 2 TZ) of one case."""
     # world coordinates (mm) along each axis, shaped to broadcast (diagonal affines only)
     x, y, z = (affine[axis, axis] * np.arange(shape[axis], dtype=np.float32) + affine[axis, 3]
                for axis in range(3))
@@ -172,9 +160,9 @@ def _prostate_anatomy(rng, shape, affine):
     masks["air"] = (body > 1.0) | (lumen & (rng.random() < 0.5))
     masks["rectal_fluid"] = lumen & ~masks["air"]
 
-    gland, transition, peripheral = _gland(rng, u, v, w, gland_radii)
+    gland, transition, peripheral, lesion = _gland(rng, u, v, w, gland_radii)
     masks.update(capsule=gland <= 1.0, stroma=gland <= 0.93, peripheral=peripheral,
-                 transition=transition, lesion=_lesions(rng, u, v, w, peripheral, gland_radii))
+                 transition=transition, lesion=lesion)
     label = np.zeros(shape, np.uint8)
     label[masks["stroma"]] = 2
     label[peripheral] = 1
@@ -182,7 +170,8 @@ def _prostate_anatomy(rng, shape, affine):
 
 
 def _gland(rng, u, v, w, radii):
-    """Normalised gland radius, transition-zone mask and peripheral-zone mask."""
+    """Normalised gland radius, transition- and peripheral-zone masks, and zero to two small
+    dark nodules inside the peripheral zone (the labels ignore them)."""
     theta = np.arctan2(v, u)
     wobble = (1.0 + 0.06 * np.cos(2 * theta + rng.uniform(0, 2 * np.pi))
               + 0.04 * np.cos(3 * theta + rng.uniform(0, 2 * np.pi)))
@@ -194,18 +183,13 @@ def _gland(rng, u, v, w, radii):
     inside = gland <= 0.93
     transition = inside & (_ellipsoid(u, v, w, tz_centre, tz_radii) <= 1.0)
     peripheral = inside & ~transition & (v < tz_centre[1])
-    return gland, transition, peripheral
-
-
-def _lesions(rng, u, v, w, peripheral, radii):
-    """Zero to two small dark nodules inside the peripheral zone (labels unchanged)."""
     lesion = np.zeros(peripheral.shape, bool)
     for _ in range(int(rng.integers(0, 3))):
         centre = (rng.uniform(-0.6, 0.6) * radii[0], -rng.uniform(0.5, 0.8) * radii[1],
                   rng.uniform(-0.5, 0.5) * radii[2])
         size = rng.uniform(3, 7)
         lesion |= _ellipsoid(u, v, w, centre, (size, size, size * 1.3)) <= 1.0
-    return lesion & peripheral
+    return gland, transition, peripheral, lesion & peripheral
 
 
 def _prostate_channels(rng, masks, shape, spacing):
@@ -229,12 +213,9 @@ def _prostate_channels(rng, masks, shape, spacing):
 
 
 def make_prostate_case(rng: np.random.Generator, geometry: ProstateGeometry = DEFAULT_PROSTATE):
-    """One synthetic prostate scan.
-
-    Returns:
-        (image, label, affine): ``image`` int16 of shape (X, Y, Z, 2) (T2-like, ADC-like),
-        ``label`` uint8 (X, Y, Z) with 0 background, 1 peripheral zone, 2 transition zone,
-        ``affine`` the 4x4 voxel-to-world (RAS mm) matrix.
+    """One synthetic prostate scan: ``image`` int16 (X, Y, Z, 2) (T2-like, ADC-like), ``label``
+    uint8 (X, Y, Z) (0 background, 1 peripheral zone, 2 transition zone) and ``affine``, the 4x4
+    voxel-to-world (RAS mm) matrix.
 
     Example:
         >>> image, label, affine = make_prostate_case(np.random.default_rng(0), TINY_PROSTATE)
@@ -250,16 +231,10 @@ def make_prostate_case(rng: np.random.Generator, geometry: ProstateGeometry = DE
 def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: int = 0,
                        geometry: ProstateGeometry = DEFAULT_PROSTATE, progress=None,
                        workers: int | None = None) -> Path:
-    """Build a synthetic Task05_Prostate folder atomically (temporary folder, then rename).
-
-    Args:
-        dataset_dir: the folder to create (usually ``<root>/Task05_Prostate``); must not exist.
-        n_train, n_test: labelled cases (``imagesTr`` / ``labelsTr``), unlabelled (``imagesTs``).
-        seed: the whole set is a function of this seed (not of ``workers``).
-        geometry: size ranges (``TINY_PROSTATE`` for fast tests).
-        progress: optional callable ``progress(iterable, total)`` wrapping the case loop.
-        workers: processes drawing cases; None means ``min(4, CPU cores)``.
-    """
+    """Build a synthetic Task05_Prostate folder ``dataset_dir`` (must not exist) atomically:
+    ``n_train`` labelled cases, ``n_test`` unlabelled, a function of ``seed`` only (not of
+    ``workers``, processes drawing cases, default ``min(4, CPU cores)``); ``geometry``:
+    ``TINY_PROSTATE`` for fast tests; ``progress(iterable, total)`` wraps the case loop."""
     numbers = np.random.default_rng(seed).permutation(n_train + n_test)
     train_ids = [f"prostate_{n:02d}" for n in sorted(numbers[:n_train])]
     test_ids = [f"prostate_{n:02d}" for n in sorted(numbers[n_train:])]
@@ -267,7 +242,8 @@ def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: in
             for names, labelled in ((train_ids, True), (test_ids, False)) for name in names]
     record = {  # the MSD-style dataset.json, plus "synthetic": true
         "name": "PROSTATE",
-        "description": "Synthetic prostate phantoms in the Medical Segmentation Decathlon Task05 layout",
+        "description": "Synthetic prostate phantoms in the Medical Segmentation Decathlon "
+                       "Task05 layout",
         "reference": "labkit.data.phantoms (not patient data)", "licence": "CC-BY-SA 4.0",
         "release": "labkit synthetic 1.0", "tensorImageSize": "4D",
         "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "PZ", "2": "TZ"},
@@ -275,8 +251,9 @@ def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: in
         "training": [{"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
                      for name in train_ids],
         "test": [f"./imagesTs/{name}.nii.gz" for name in test_ids], "synthetic": True}
-    return _write_set(dataset_dir, ("imagesTr", "labelsTr", "imagesTs"), {"dataset.json": json.dumps(record, indent=4) + "\n"},
-                      _write_prostate_case, jobs, workers, progress)
+    return _write_set(dataset_dir, ("imagesTr", "labelsTr", "imagesTs"),
+                      {"dataset.json": json.dumps(record, indent=4) + "\n"}, _write_prostate_case,
+                      jobs, workers, progress)
 
 
 def _write_prostate_case(job) -> None:
@@ -327,29 +304,14 @@ def _smooth_polygon(points: np.ndarray, rounds: int = 3) -> np.ndarray:
     return points
 
 
-def _lung_size(rng, geometry: LungGeometry):
-    long_side = int(rng.integers(geometry.long_side[0], geometry.long_side[1] + 1))
-    short_side = int(round(long_side * 4020 / 4892 * rng.uniform(0.95, 1.05)))
-    landscape = rng.random() < geometry.landscape_probability
-    return (short_side, long_side) if landscape else (long_side, short_side)
-
-
-def _thorax_frame(rng, height, width):
-    """Where the thorax sits in the image: centre x, half width, apex row, lung height (px)."""
-    half_width = width * rng.uniform(0.33, 0.43)
-    centre_x = width * rng.uniform(0.47, 0.53)
-    top = height * rng.uniform(0.08, 0.18)
-    lung_height = min(height * rng.uniform(0.48, 0.62), height - top - 0.1 * height)
-    return centre_x, half_width, top, lung_height
-
-
 def _lung_masks(rng, height, width, frame):
     centre_x, half_width, top, lung_height = frame
     masks = []
     for outline in (_RIGHT_LUNG, _LEFT_LUNG):
-        jittered = (np.array(outline) + rng.normal(0, 0.02, (len(outline), 2))) * rng.uniform(0.92, 1.08, 2)
-        points = _smooth_polygon(jittered)
-        pixels = np.stack([centre_x + points[:, 0] * half_width, top + points[:, 1] * lung_height], 1)
+        points = _smooth_polygon((np.array(outline) + rng.normal(0, 0.02, (len(outline), 2)))
+                                 * rng.uniform(0.92, 1.08, 2))
+        pixels = np.stack([centre_x + points[:, 0] * half_width,
+                           top + points[:, 1] * lung_height], 1)
         canvas = Image.new("L", (width, height), 0)
         ImageDraw.Draw(canvas).polygon([tuple(p) for p in pixels], fill=1)
         masks.append(np.asarray(canvas, dtype=bool))
@@ -377,11 +339,12 @@ def _attenuation(rng, height, width, frame, right, left):
     attenuation -= rng.uniform(0.45, 0.65) * lungs * (0.6 + 0.4 * np.sqrt(body))
     heart_centre = (rng.uniform(0.05, 0.18), rng.uniform(0.72, 0.82))
     heart_radii = (rng.uniform(0.28, 0.38), rng.uniform(0.18, 0.26))
-    heart = ((x - heart_centre[0]) / heart_radii[0]) ** 2 + ((y - heart_centre[1]) / heart_radii[1]) ** 2 <= 1
+    heart = (((x - heart_centre[0]) / heart_radii[0]) ** 2
+             + ((y - heart_centre[1]) / heart_radii[1]) ** 2 <= 1)
     attenuation += 0.45 * ndimage.gaussian_filter(heart.astype(np.float32), 0.01 * height)
     attenuation += 0.3 * ((np.abs(x) < 0.17) & (y > -0.3))  # mediastinum
     attenuation += 0.25 * (np.abs(x) < 0.07)  # spine
-    attenuation += 0.25 / (1.0 + np.exp(-(y - 0.97) / 0.025))  # liver and abdomen below the diaphragm
+    attenuation += 0.25 / (1.0 + np.exp(-(y - 0.97) / 0.025))  # liver, abdomen below the diaphragm
     attenuation += _bones(rng, x, y)
     attenuation += 0.05 * smooth_field(rng, (height, width), (24, 24)) * lungs  # vessels
     return np.clip(attenuation, 0, None) * body.astype(bool), heart
@@ -409,46 +372,46 @@ def _bones(rng, x, y):
     return bones
 
 
-def _radiograph(rng, attenuation, geometry: LungGeometry):
-    """Attenuation to a 12-bit radiograph: exposure, blur, noise, optional black borders."""
-    image = 1.0 - np.exp(-rng.uniform(1.2, 1.8) * attenuation)
-    image = ndimage.gaussian_filter(image, 1.0)
-    image = image * rng.uniform(0.75, 0.95) + rng.uniform(0.0, 0.08)
-    image = image + rng.normal(0, 0.015, image.shape)
-    image = np.clip(image, 0, 1) * 4095
-    if rng.random() < geometry.border_probability:
-        height, width = image.shape
-        for side in rng.choice(4, size=int(rng.integers(1, 5)), replace=False):
-            depth = int(rng.uniform(0.02, 0.08) * (height if side < 2 else width))
-            region = [np.s_[:depth, :], np.s_[-depth:, :], np.s_[:, :depth], np.s_[:, -depth:]][side]
-            image[region] = 0
-    return image.round().astype(np.uint16)
-
-
 def make_lung_case(rng: np.random.Generator, geometry: LungGeometry = DEFAULT_LUNG):
-    """One synthetic chest X-ray.
-
-    Returns:
-        (image, left, right): ``image`` uint16 (H, W) with 12-bit values; ``left`` and ``right``
-        uint8 masks (0/255) of the patient's left lung (image right) and right lung.
+    """One synthetic chest X-ray: ``image`` uint16 (H, W) with 12-bit values, ``left`` and
+    ``right`` uint8 masks (0/255) of the patient's left lung (image right) and right lung.
 
     Example:
         >>> image, left, right = make_lung_case(np.random.default_rng(0), TINY_LUNG)
         >>> image.dtype.name, int(image.max()) <= 4095, sorted(np.unique(left).tolist())
         ('uint16', True, [0, 255])
     """
-    height, width = _lung_size(rng, geometry)
-    frame = _thorax_frame(rng, height, width)
+    long_side = int(rng.integers(geometry.long_side[0], geometry.long_side[1] + 1))
+    short_side = int(round(long_side * 4020 / 4892 * rng.uniform(0.95, 1.05)))
+    landscape = rng.random() < geometry.landscape_probability
+    height, width = (short_side, long_side) if landscape else (long_side, short_side)
+    half_width = width * rng.uniform(0.33, 0.43)  # the thorax: centre, half width, apex, height
+    centre_x = width * rng.uniform(0.47, 0.53)
+    top = height * rng.uniform(0.08, 0.18)
+    lung_height = min(height * rng.uniform(0.48, 0.62), height - top - 0.1 * height)
+    frame = (centre_x, half_width, top, lung_height)
     right, left = _lung_masks(rng, height, width, frame)
     attenuation, heart = _attenuation(rng, height, width, frame, right, left)
     right, left = right & ~heart, left & ~heart
-    image = _radiograph(rng, attenuation, geometry)
+    image = 1.0 - np.exp(-rng.uniform(1.2, 1.8) * attenuation)  # exposure, blur, noise
+    image = ndimage.gaussian_filter(image, 1.0)
+    image = image * rng.uniform(0.75, 0.95) + rng.uniform(0.0, 0.08)
+    image = image + rng.normal(0, 0.015, image.shape)
+    image = np.clip(image, 0, 1) * 4095
+    if rng.random() < geometry.border_probability:  # black padding on 1 to 4 sides
+        for side in rng.choice(4, size=int(rng.integers(1, 5)), replace=False):
+            depth = int(rng.uniform(0.02, 0.08) * (height if side < 2 else width))
+            sides = (np.s_[:depth, :], np.s_[-depth:, :], np.s_[:, :depth], np.s_[:, -depth:])
+            image[sides[side]] = 0
+    image = image.round().astype(np.uint16)
     black = image == 0  # padding covers the masks too (the real masks end at the border)
-    return image, ((left & ~black) * 255).astype(np.uint8), ((right & ~black) * 255).astype(np.uint8)
+    left, right = (((mask & ~black) * 255).astype(np.uint8) for mask in (left, right))
+    return image, left, right
 
 
-def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0, geometry: LungGeometry = DEFAULT_LUNG,
-                   progress=None, workers: int | None = None) -> Path:
+def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0,
+                   geometry: LungGeometry = DEFAULT_LUNG, progress=None,
+                   workers: int | None = None) -> Path:
     """Build a synthetic MontgomerySet folder of ``n_cases`` radiographs atomically, as
     :func:`write_prostate_set` (``TINY_LUNG``: fast tests). About a third of the cases get the
     ``_1`` suffix the real set uses for abnormal readings."""
@@ -456,7 +419,8 @@ def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0, geometry: Lung
     readme = ("Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n"
               f"Pixel spacing: {LUNG_PIXEL_SPACING_MM} mm in both directions.\n")
     return _write_set(dataset_dir, folders, {"README.txt": readme}, _write_lung_case,
-                      [(number, seed, geometry) for number in range(1, n_cases + 1)], workers, progress)
+                      [(number, seed, geometry) for number in range(1, n_cases + 1)], workers,
+                      progress)
 
 
 def _write_lung_case(job) -> None:
@@ -465,35 +429,10 @@ def _write_lung_case(job) -> None:
     abnormal = rng.random() < 0.35
     name = f"MCUCXR_{number:04d}_{int(abnormal)}"
     image, left, right = make_lung_case(rng, geometry)
-    for array, sub in ((image, "CXR_png"), (left, "ManualMask/leftMask"), (right, "ManualMask/rightMask")):
+    for array, sub in ((image, "CXR_png"), (left, "ManualMask/leftMask"),
+                       (right, "ManualMask/rightMask")):
         Image.fromarray(array).save(folder / sub / f"{name}.png", compress_level=3)
     reading = (f"Patient's Sex: {'MF'[int(rng.integers(2))]}\n"
                f"Patient's Age: {int(rng.integers(18, 85)):03d}Y\n"
                f"{'synthetic abnormal reading' if abnormal else 'normal'}\n")
     (folder / "ClinicalReadings" / f"{name}.txt").write_text(reading, encoding="utf-8")
-
-
-def make_default_sets(root, only: str | None = None, prostate_cases: int = 32,
-                      lung_cases: int = 80, seed: int = 0, progress=None, log=print,
-                      prostate_geometry: ProstateGeometry = DEFAULT_PROSTATE,
-                      lung_geometry: LungGeometry = DEFAULT_LUNG) -> dict:
-    """Build the default synthetic sets under ``root``, skipping a set that already exists;
-    returns ``{'prostate': 'built'|'exists'|'skipped', 'lung': ...}``."""
-    outcome = {}
-    for name, folder in (("prostate", Path(root) / PROSTATE_DIR), ("lung", Path(root) / LUNG_DIR)):
-        if only and only != name:
-            outcome[name] = "skipped"
-        elif folder.exists() and any(folder.iterdir()):
-            log(f"{folder} already exists: left as it is (delete it to rebuild)")
-            outcome[name] = "exists"
-        else:
-            if folder.exists():
-                folder.rmdir()
-            log(f"building synthetic {name} set in {folder} ...")
-            if name == "prostate":
-                write_prostate_set(folder, prostate_cases, max(2, prostate_cases // 8), seed,
-                                   prostate_geometry, progress)
-            else:
-                write_lung_set(folder, lung_cases, seed, lung_geometry, progress)
-            outcome[name] = "built"
-    return outcome
