@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["affine_in_plane", "black_border_box", "crop_black_border", "crop_or_pad",
+           "crop_or_pad_start", "fuse_masks", "map_labels", "normalize_intensity",
+           "reorient_to_canonical", "resample", "resample_axis", "resampled_grid", "resize",
+           "separable_resample"]
+
 
 def reorient_to_canonical(array: np.ndarray, affine: np.ndarray):
     """Flip / permute the last three axes to Right, Anterior, Superior (RAS); returns

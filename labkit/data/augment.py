@@ -15,13 +15,14 @@ import numpy as np
 from labkit.data.arrays import affine_in_plane
 from labkit.data.wrappers import RandomTransform, Transform, key_tuple
 
+__all__ = ["Affine", "Flip", "Intensity", "RandomAffine", "RandomFlip", "RandomIntensity", "Shuffle"]
+
 
 class Flip(Transform):
     """Mirror the given spatial axes (0 = first spatial axis) of every key."""
 
     def __init__(self, keys, axes, spatial_dims: int = 3):
-        self.keys = key_tuple(keys)
-        self.axes = tuple(int(a) for a in axes)
+        self.keys, self.axes = key_tuple(keys), tuple(int(a) for a in axes)
         self.spatial_dims = int(spatial_dims)
 
     def __call__(self, case):
@@ -64,9 +65,7 @@ class Intensity(Transform):
     """``image * scale + shift`` (channel-wide)."""
 
     def __init__(self, keys, scale: float = 1.0, shift: float = 0.0):
-        self.keys = key_tuple(keys)
-        self.scale = float(scale)
-        self.shift = float(shift)
+        self.keys, self.scale, self.shift = key_tuple(keys), float(scale), float(shift)
 
     def _apply(self, array):
         out = np.multiply(array, np.float32(self.scale), dtype=np.float32)
@@ -115,8 +114,7 @@ class RandomIntensity(RandomTransform):
 
     def __init__(self, keys, scale=(0.9, 1.1), shift=(-0.1, 0.1)):
         self.keys = key_tuple(keys)
-        self.scale = tuple(float(s) for s in scale)
-        self.shift = tuple(float(s) for s in shift)
+        self.scale, self.shift = tuple(map(float, scale)), tuple(map(float, shift))
 
     def draw(self, rng):
         return Intensity(self.keys, rng.uniform(*self.scale), rng.uniform(*self.shift))

@@ -72,7 +72,8 @@ class CaseCache:
         """The prepared case, or None when absent or unreadable (then it is prepared again)."""
         path = self.path(case)
         try:
-            record = json.loads((path / _VALUES_FILE).read_text(encoding="utf-8"), object_hook=_from_json)
+            text = (path / _VALUES_FILE).read_text(encoding="utf-8")
+            record = json.loads(text, object_hook=_from_json)
             prepared = record["values"]
             for key, name in record["arrays"].items():
                 prepared[key] = np.load(path / name, allow_pickle=False)

@@ -9,7 +9,9 @@ import warnings
 import numpy as np
 
 from labkit.data.errors import DataError, DataWarning
-from labkit.data.wrappers import Transform, key_tuple, source_of
+from labkit.data.wrappers import Transform, key_tuple
+
+__all__ = ["MAX_VOLUME_MB", "LoadNifti", "LoadPNG", "is_junk", "read_nifti", "read_png"]
 
 MAX_VOLUME_MB = float(os.environ.get("LABKIT_MAX_VOLUME_MB", 2048))  # largest volume read, as float32
 JUNK_NAMES = (".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX")
@@ -42,13 +44,12 @@ class LoadNifti(Transform):
         case = dict(case)
         for key in self.keys:
             path = os.fspath(case[key])
-            array, affine = read_nifti(path, self.channels.get(key), self._max_mb,
-                                       keep_integers=key in self.integer_keys)
-            case[key] = array
-            case[f"{key}_meta"] = {"path": path, "affine": affine, "shape": tuple(array.shape[1:]),
+            case[key], affine = read_nifti(path, self.channels.get(key), self._max_mb,
+                                           keep_integers=key in self.integer_keys)
+            case[f"{key}_meta"] = {"path": path, "affine": affine, "shape": tuple(case[key].shape[1:]),
                                    "spacing": tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
                                    "grid_affine": affine}
-        _check_same_grid(case, self.keys)
+        _check_same_grid(case, self.keys, "grid", "use the label made for this image (same case number)")
         return case
 
 
@@ -123,16 +124,15 @@ def _check_dimensions(path: str, shape: tuple, channels: int | None) -> None:
                     "label files were not swapped")
 
 
-def _check_same_grid(case: dict, keys) -> None:
+def _check_same_grid(case: dict, keys, word: str, fix: str) -> None:
+    """Every key's array on the first key's grid: same shape, same affine (when there is one)."""
     reference = case[f"{keys[0]}_meta"]
-    for key in keys[1:]:
-        meta = case[f"{key}_meta"]
+    for meta in (case[f"{key}_meta"] for key in keys[1:]):
         if meta["shape"] != reference["shape"]:
-            raise DataError(meta["path"], f"grid {meta['shape']} differs from the image's "
-                            f"{reference['shape']} ({reference['path']})",
-                            "use the label made for this image (same case number)")
-        tolerance = 0.05 * min(reference["spacing"])  # header rounding, not a different grid
-        if not np.allclose(meta["affine"], reference["affine"], atol=tolerance):
+            raise DataError(meta["path"], f"{word} {meta['shape']} differs from the image's "
+                            f"{reference['shape']} ({reference['path']})", fix)
+        tolerance = 0.05 * min(reference.get("spacing", [1.0]))  # header rounding, not another grid
+        if "affine" in meta and not np.allclose(meta["affine"], reference["affine"], atol=tolerance):
             raise DataError(meta["path"], "affine (position / orientation) differs from the image's "
                             f"({reference['path']})",
                             "use the label made for this image, or resample it onto the image grid")
@@ -151,12 +151,7 @@ class LoadPNG(Transform):
             path = os.fspath(case[key])
             case[key] = read_png(path)
             case[f"{key}_meta"] = {"path": path, "shape": case[key].shape}
-        reference = self.keys[0]
-        for key in self.keys[1:]:
-            if case[key].shape != case[reference].shape:
-                raise DataError(source_of(case, key), f"size {case[key].shape} differs from the "
-                                f"image's {case[reference].shape} ({source_of(case, reference)})",
-                                "use the mask made for this image (same file name)")
+        _check_same_grid(case, self.keys, "size", "use the mask made for this image (same file name)")
         return case
 
 
@@ -170,16 +165,12 @@ def read_png(path: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_gray(image)
+            if image.mode.startswith("I"):  # 16-bit: "I;16", "I;16B", "I;16L" or "I"
+                array = np.asarray(image, dtype=np.float32)
+                return np.clip(array / (4095.0 if array.max() <= 4095 else 65535.0), 0, 1)
+            if "A" in image.mode or image.mode == "P":  # transparency / palette: drop alpha via RGB
+                image = image.convert("RGBA").convert("RGB")
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(path, f"not a readable PNG image ({type(error).__name__}: {error})",
                         "replace it with a valid PNG (download or generate it again)") from None
-
-
-def _to_gray(image) -> np.ndarray:
-    if image.mode.startswith("I"):  # 16-bit: "I;16", "I;16B", "I;16L" or "I"
-        array = np.asarray(image, dtype=np.float32)
-        return np.clip(array / (4095.0 if array.max() <= 4095 else 65535.0), 0, 1)
-    if "A" in image.mode or image.mode == "P":  # transparency / palette: drop alpha via RGB
-        image = image.convert("RGBA").convert("RGB")
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0

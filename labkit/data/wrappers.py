@@ -14,6 +14,10 @@ import numpy as np
 from labkit.data import arrays
 from labkit.data.errors import DataError
 
+__all__ = ["Compose", "CropBlackBorder", "CropOrPad", "FuseMasks", "MapLabels",
+           "NormalizeIntensity", "PadToMultiple", "RandomTransform", "Reorient", "Resample", "Resize",
+           "Transform"]
+
 
 class Transform:
     """Base class: a callable ``case -> new case`` whose ``repr`` lists its public attributes in a
@@ -23,7 +27,8 @@ class Transform:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        settings = [f"{name}={_stable(value)}" for name, value in vars(self).items() if name[0] != "_"]
+        settings = [f"{name}={_stable(value)}" for name, value in vars(self).items()
+                    if not name.startswith("_")]
         return f"{type(self).__name__}({', '.join(settings)})"
 
     def __eq__(self, other) -> bool:
@@ -117,8 +122,7 @@ class Resample(Transform):
     """Resample volumes to ``spacing`` mm (:func:`~labkit.data.arrays.resample`)."""
 
     def __init__(self, keys, spacing, order: int = 1):
-        self.keys = key_tuple(keys)
-        self.spacing = tuple(float(s) for s in spacing)
+        self.keys, self.spacing = key_tuple(keys), tuple(float(s) for s in spacing)
         self.order = int(order)
 
     def __call__(self, case):
@@ -132,9 +136,7 @@ class NormalizeIntensity(Transform):
     """Per-channel intensity normalisation (:func:`~labkit.data.arrays.normalize_intensity`)."""
 
     def __init__(self, keys, mode: str = "zscore", per_channel: bool = True):
-        self.keys = key_tuple(keys)
-        self.mode = mode
-        self.per_channel = per_channel
+        self.keys, self.mode, self.per_channel = key_tuple(keys), mode, per_channel
 
     def __call__(self, case):
         return self._each(case, lambda array: arrays.normalize_intensity(array, self.mode, self.per_channel))
@@ -144,8 +146,7 @@ class CropOrPad(Transform):
     """Centre-crop or zero-pad the trailing axes to ``size`` (:func:`~labkit.data.arrays.crop_or_pad`)."""
 
     def __init__(self, keys, size):
-        self.keys = key_tuple(keys)
-        self.size = tuple(int(n) for n in size)
+        self.keys, self.size = key_tuple(keys), tuple(int(n) for n in size)
 
     def _crop(self, array, grid):
         shift = np.eye(4)  # voxel 0 of the new grid is old voxel `start`
@@ -166,8 +167,7 @@ class PadToMultiple(Transform):
     """Zero-pad (centred) the trailing ``spatial_dims`` axes up to a multiple of ``multiple``."""
 
     def __init__(self, keys, multiple: int, spatial_dims: int = 3):
-        self.keys = key_tuple(keys)
-        self.multiple = int(multiple)
+        self.keys, self.multiple = key_tuple(keys), int(multiple)
         self.spatial_dims = int(spatial_dims)
 
     def __call__(self, case):
@@ -181,8 +181,7 @@ class MapLabels(Transform):
     """Map label values ({old: new}); a value missing from the mapping is a DataError."""
 
     def __init__(self, key: str, mapping: dict):
-        self.key = key
-        self.mapping = {int(k): int(v) for k, v in mapping.items()}
+        self.key, self.mapping = key, {int(k): int(v) for k, v in mapping.items()}
 
     def __call__(self, case):
         label = np.asarray(case[self.key])
@@ -199,9 +198,7 @@ class FuseMasks(Transform):
     """``out`` = union of two masks (:func:`~labkit.data.arrays.fuse_masks`), which are removed."""
 
     def __init__(self, left: str, right: str, out: str = "label"):
-        self.left = left
-        self.right = right
-        self.out = out
+        self.left, self.right, self.out = left, right, out
 
     def __call__(self, case):
         case = dict(case)
@@ -214,8 +211,7 @@ class CropBlackBorder(Transform):
     """Cut black padding off ``image_key`` and the same rows / columns off ``other_keys``."""
 
     def __init__(self, image_key: str, other_keys=(), threshold: float = 0.0):
-        self.image_key = image_key
-        self.other_keys = key_tuple(other_keys)
+        self.image_key, self.other_keys = image_key, key_tuple(other_keys)
         self.threshold = float(threshold)
 
     def __call__(self, case):
