@@ -1,12 +1,12 @@
 """Fetch a public dataset archive safely: download, verify, extract, put in place.
 
-:func:`fetch` (the command line of ``data_scripts/fetch_*.py`` is :func:`run_command`) does
+:func:`fetch` (:func:`run_command` is the command line of ``data_scripts/fetch_*.py``) does
 nothing when the dataset folder is complete; else, holding a lock, it downloads the archive
-(resuming a dropped connection with an HTTP ``Range`` request) or takes the user's own copy,
-verifies its checksum *before* extracting anything, extracts it beside the target (an absolute
-path, ``..``, a link or a special file refuses the whole archive; macOS junk is skipped) and
-renames the folder into place (a synthetic set in the way moves to ``<folder>.synthetic``).
-Every failure is a :class:`FetchError` whose message says what happened and what to do.
+(resuming with an HTTP ``Range`` request) or takes the user's copy, verifies the checksum
+*before* extracting anything, extracts beside the target (an absolute path, ``..``, a link or a
+special file refuses the archive; macOS junk is skipped) and renames the folder into place (a
+synthetic set in the way moves to ``<folder>.synthetic``). Every failure is a
+:class:`FetchError` whose message says what happened and what to do.
 
 Example:
     >>> demo = Dataset(name="demo", title="Demo set", url="https://example.org/demo.zip",
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import hashlib
 import http.client
 import json
@@ -44,11 +45,6 @@ from tqdm.utils import CallbackIOWrapper
 
 from labkit.io import atomic_write_json
 from labkit.paths import SYNTHETIC_MARKER, data_root
-
-try:  # Unix only; on Windows runs are simply not locked.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 MARKER_NAME = ".labkit-fetch.json"
 BUSY_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
@@ -223,15 +219,14 @@ def _locked(path: Path, wait: bool, say):
         raise FetchError(f"cannot create the lock file {path}: {error.strerror or error}. Choose "
                          "a data root you can write to (--root or LABKIT_DATA).") from None
     with handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise FetchBusy(f"another fetch is already writing here (lock file {path}); "
-                                    "let it finish, then run again.") from None
-                say(f"Waiting for another fetch to finish (lock file {path}) ...")
-                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise FetchBusy(f"another fetch is already writing here (lock file {path}); "
+                                "let it finish, then run again.") from None
+            say(f"Waiting for another fetch to finish (lock file {path}) ...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
