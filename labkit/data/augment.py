@@ -1,11 +1,8 @@
 """Augmentation: deterministic transforms, random twins that draw their parameters, ``Shuffle``.
 
-A random transform draws its parameters from the ``rng`` passed in, then calls its deterministic
-twin, so a seed replays an augmentation exactly::
-
-    RandomFlip(["image", "label"], axes=(0,)).draw(rng)  ->  Flip(["image", "label"], axes=(0,))
-
-The batch iterator passes every case of every batch its own ``rng`` (``labkit.data.batching``).
+A random transform draws its parameters from the ``rng`` passed in (the batch iterator gives each
+case its own), then calls its deterministic twin, so a seed replays an augmentation exactly:
+``RandomFlip(["image"], axes=(0,)).draw(rng)`` is ``Flip(["image"], axes=(0,))`` or ``axes=()``.
 """
 
 from __future__ import annotations

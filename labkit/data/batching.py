@@ -203,11 +203,8 @@ def prepare_cases(cases: list, transforms, cache=True, workers: int | None = Non
 
 def default_workers() -> int:
     """``min(4, CPU cores available to this process)``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 def _prepare(job, in_worker: bool = False) -> dict | None:

@@ -1,16 +1,11 @@
-"""Disk cache of prepared cases: one folder of ``.npy`` files per case.
-
-Loading, reorienting and resampling a scan takes seconds, and the result depends only on the
-transform settings and the source files, so a prepared case is stored under::
+"""Disk cache of prepared cases, which depend only on the transform settings and the sources::
 
     <cache root>/prepared/<hash of the transforms' reprs>/<case id>-<hash of the sources>/
         0-image.npy  1-label.npy  ...  case.json   (one .npy per array, other values as JSON)
 
-Plain ``.npy`` files load faster than an ``.npz`` archive and open by hand with ``np.load``. The
-source hash covers each file's path, size and modification time (other values of the case as
+The source hash covers each file's path, size and modification time (other values of the case as
 they are, arrays by content): a changed file gives a new entry and the stale one is deleted; a
-changed transform setting gives a new folder. Entries are written atomically. Delete the cache
-folder at any time.
+changed setting gives a new folder. Entries are written atomically; delete the cache at any time.
 """
 
 from __future__ import annotations
