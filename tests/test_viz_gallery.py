@@ -105,3 +105,60 @@ def test_bad_input_says_what_to_do(call, words):
     with pytest.raises(DataError) as error:
         call()
     assert words in str(error.value) and "Fix:" in str(error.value)
+
+
+def square(size, top, left, side):
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_contours_follow_the_truth_and_the_prediction():
+    """The truth's outline (green) runs along its own edge, the prediction's (red) along its own."""
+    from labkit.viz.gallery import CONTOUR_STYLES, plot_contours
+
+    image = np.full((40, 40), 0.5, np.float32)
+    truth, pred = square(40, 5, 5, 20), square(40, 15, 15, 20)
+    figure = plot_contours([image], [truth], [pred], ["case: Dice 0.25"])
+    ax = figure.axes[0]
+    lines = {to_rgb(line.get_color()): line.get_xydata() for line in ax.get_lines()}
+    green, red = lines[to_rgb(CONTOUR_STYLES["truth"][0])], lines[to_rgb(CONTOUR_STYLES["prediction"][0])]
+    assert green[:, 0].min() == pytest.approx(4.5) and green[:, 0].max() == pytest.approx(24.5)
+    assert red[:, 1].min() == pytest.approx(14.5) and red[:, 1].max() == pytest.approx(34.5)
+    assert ax.get_title() == "case: Dice 0.25" and len(ax.get_lines()) == 2
+
+
+def test_contours_draw_a_post_processed_prediction_and_fill_a_grid():
+    from labkit.viz.gallery import plot_contours
+
+    images = [np.zeros((30, 30)), np.zeros((20, 24)), np.zeros((30, 30)), np.zeros((30, 30))]
+    masks = [np.pad(square(10, 2, 2, 5), ((0, image.shape[0] - 10), (0, image.shape[1] - 10))) for image in images]
+    figure = plot_contours(images, masks, masks, post=masks, columns=3)
+    visible = [ax for ax in figure.axes if ax.axison]
+    assert len(figure.axes) == 6 and len(visible) == 4  # 2 rows of 3, the last two empty
+    assert all(len(ax.get_lines()) == 3 and ax.get_lines()[2].get_linestyle() == "--" for ax in visible)
+    with pytest.raises(DataError, match=r"labels\[0\] has shape"):
+        plot_contours(images[:1], [np.zeros((5, 5))], masks[:1])
+
+
+def test_memory_views_show_each_step_and_the_stages():
+    from labkit.viz.memory import MemoryViewer, plot_memory, plot_memory_overview
+
+    rng = np.random.default_rng(0)
+    trace = [{"stage": stage, "step": step, "steps": steps, "hidden": rng.uniform(size=(size, size, 3)),
+              "forget": rng.uniform(size=(size, size, 3))}
+             for stage, steps, size in ((2, 2, 4), (1, 3, 8)) for step in range(1, steps + 1)]
+    image = np.zeros((32, 32))
+    figure = plot_memory(trace, image, index=3, title="MCUCXR_0001_0")
+    assert "stage 1 (8x8), step 2 of 3" in figure.axes[0].get_title()
+    forget = figure.axes[2].get_images()[0].get_array()
+    assert forget.shape == (32, 32) and forget[0, 0] == pytest.approx(trace[3]["forget"][0, 0].mean())
+    overview = plot_memory_overview(trace, image)
+    assert len([ax for ax in overview.axes if ax.get_images()]) == 2 * 4  # first and last step of 2 stages
+    viewer = MemoryViewer(trace, image)
+    viewer.index = 4
+    assert "step 3 of 3" in viewer.figure().axes[0].get_title()
+    with pytest.raises(DataError, match="does not exist"):
+        plot_memory(trace, image, index=5)
+    with pytest.raises(DataError, match="memory_trace"):
+        plot_memory([{"stage": 1}], image)

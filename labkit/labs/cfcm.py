@@ -27,7 +27,7 @@ EPSILON = 1e-3
 def dice_loss(prob, label):
     """1 - soft Dice per image, averaged over the batch; ``prob`` and ``label`` are (B, H, W, 1).
 
-    ``EPSILON`` in numerator and denominator: an image without lung predicted empty scores 0.
+    ``EPSILON`` in numerator and denominator: an image without lung predicted empty has loss 0.
     """
     prob = tf.cast(prob, tf.float32)
     overlap = tf.reduce_sum(prob * label, axis=[1, 2, 3])
@@ -43,48 +43,57 @@ def dice_score(prob, label, eps=1e-3):
     return tf.reduce_mean((2.0 * overlap + eps) / (total + eps))
 
 
-class ConvLSTMCell(keras.layers.Layer):
-    """One convolutional LSTM step in CFCM's layout.
+def convlstm_step(inputs, state, kernel, bias, forget_bias=1.0):
+    """One ConvLSTM step, CFCM's flavour (ReLU for the update and the output).
 
-    The state is ``concat([cell, hidden])`` (2C channels). ONE convolution kernel over
-    ``concat([inputs, hidden])`` gives 4C channels: the gates i, j, f, o, C channels each.
-    Each gate is convolved with its own quarter of that kernel (the same numbers as one 4C
-    convolution split in four, without copying a 4C feature map four times).
+    Args:
+        inputs: x_t, (B, H, W, C_in).
+        state: concat([c_{t-1}, h_{t-1}]), (B, H, W, 2C): the cell first.
+        kernel: (k, k, C_in + C, 4C), reads concat([inputs, hidden]); output channels i, g, f, o.
+        bias: (4C,).
+        forget_bias: added to f before its sigmoid.
+
+    Returns:
+        ``new_hidden, new_state``: h_t (B, H, W, C) and concat([c_t, h_t]) (B, H, W, 2C).
+    """
+    cell, hidden = tf.split(state, 2, axis=-1)
+    features = tf.nn.conv2d(tf.concat([inputs, hidden], axis=-1), kernel, strides=1, padding="SAME") + bias
+    i, g, f, o = tf.split(features, 4, axis=-1)
+    new_cell = tf.sigmoid(f + forget_bias) * cell + tf.sigmoid(i) * tf.nn.relu(g)
+    new_hidden = tf.sigmoid(o) * tf.nn.relu(new_cell)
+    return new_hidden, tf.concat([new_cell, new_hidden], axis=-1)
+
+
+class ConvLSTMCell(keras.layers.Layer):
+    """One convolutional LSTM step in CFCM's layout: ``call(inputs, state) -> (hidden, state)``.
+
+    The state is ``concat([cell, hidden])`` (2C channels); the step is ``convlstm_step`` with
+    this layer's kernel ``(k, k, C_in + C, 4C)`` and bias.
 
     Args:
         filters: C, the channels of the cell and of the hidden state.
         kernel_size: size of the gate convolution.
         forget_bias: added to the forget gate before its sigmoid, so the cell starts by remembering.
-        activation: the update and output activation: "relu" in CFCM, "tanh" in a textbook LSTM.
 
     Example:
         >>> cell = ConvLSTMCell(16)
-        >>> hidden, state = cell(features, state)   # features (B, H, W, Cin), state (B, H, W, 32)
+        >>> hidden, state = cell(features, state)   # features (B, H, W, C_in), state (B, H, W, 32)
     """
 
-    def __init__(self, filters, kernel_size=3, forget_bias=1.0, activation="relu", **kwargs):
+    def __init__(self, filters, kernel_size=3, forget_bias=1.0, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.forget_bias = forget_bias
-        self.activation = keras.activations.get(activation)
         self.gates = keras.layers.Conv2D(4 * filters, kernel_size, padding="same", name="gates",
                                          dtype=self.dtype_policy)
 
     def build(self, inputs_shape, state_shape):
-        # the kernel reads concat([inputs, hidden]): Cin + C channels (the state holds 2C)
         self.gates.build((*inputs_shape[:-1], inputs_shape[-1] + state_shape[-1] // 2))
 
     def call(self, inputs, state):
-        cell, hidden = keras.ops.split(state, 2, axis=-1)
-        both = keras.ops.concatenate([inputs, hidden], axis=-1)
-        kernels = keras.ops.split(keras.ops.cast(self.gates.kernel, both.dtype), 4, axis=-1)
-        biases = keras.ops.split(keras.ops.cast(self.gates.bias, both.dtype), 4)
-        i, j, f, o = (keras.ops.conv(both, kernel, padding="same") + bias
-                      for kernel, bias in zip(kernels, biases, strict=True))
-        forget = keras.ops.sigmoid(f + self.forget_bias)
-        new_cell = forget * cell + keras.ops.sigmoid(i) * self.activation(j)
-        new_hidden = keras.ops.sigmoid(o) * self.activation(new_cell)
-        return new_hidden, keras.ops.concatenate([new_cell, new_hidden], axis=-1)
+        kernel = keras.ops.cast(self.gates.kernel, self.compute_dtype)
+        bias = keras.ops.cast(self.gates.bias, self.compute_dtype)
+        return convlstm_step(inputs, state, kernel, bias, self.forget_bias)
 
 
 class BasicBlock(keras.layers.Layer):
@@ -111,7 +120,7 @@ class BasicBlock(keras.layers.Layer):
 
 
 class LadderEncoder(keras.layers.Layer):
-    """ResNet34 "ladder" encoder: stem (7x7 conv, 2x2 max-pool), then stages of basic blocks.
+    """ResNet34-style "ladder" encoder: stem (7x7 conv, 2x2 max-pool), then stages of basic blocks.
 
     Stage ``s`` (from 0) has ``base_filters * 2**s`` channels at ``1 / 2**(s + 1)`` of the input
     size. ``call`` returns every block's output, stage by stage: a list of ``len(layers)`` lists.
@@ -138,6 +147,32 @@ class LadderEncoder(keras.layers.Layer):
         return rungs
 
 
+def carry_state(state, kernel, bias):
+    """Coarse state (B, h, w, 2C) -> finer (cell, hidden), each (B, 2h, 2w, C')."""
+    shape = tf.shape(state)
+    output_shape = tf.stack([shape[0], 2 * shape[1], 2 * shape[2], tf.shape(kernel)[2]])
+    up = tf.nn.conv2d_transpose(state, kernel, output_shape, strides=2, padding="SAME") + bias
+    cell, hidden = tf.split(tf.nn.relu(up), 2, axis=-1)
+    return cell, hidden
+
+
+class StateCarry(keras.layers.Layer):
+    """Hands a stage's final state to the next, finer stage: ``carry_state`` with this layer's
+    2x2 stride-2 transposed-convolution weights; returns the finer ``concat([cell, hidden])``."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.Conv2DTranspose(filters, 2, strides=2, name="up", dtype=self.dtype_policy)
+
+    def build(self, state_shape):
+        self.up.build(state_shape)
+
+    def call(self, state):
+        kernel = keras.ops.cast(self.up.kernel, self.compute_dtype)
+        bias = keras.ops.cast(self.up.bias, self.compute_dtype)
+        return keras.ops.concatenate(carry_state(state, kernel, bias), axis=-1)
+
+
 class SegmentationHead(keras.layers.Layer):
     """Back to full size: 2x2 transposed conv (+ ReLU), conv 3x3 + ReLU, conv 3x3 to 1 channel, sigmoid."""
 
@@ -153,7 +188,7 @@ class SegmentationHead(keras.layers.Layer):
 
 
 class CFCM34(keras.Model):
-    """CFCM: a ResNet34 ladder encoder and one ConvLSTM per stage, read coarse to fine.
+    """CFCM: a ResNet34-style ladder encoder and one ConvLSTM memory per stage, read coarse to fine.
 
     Args:
         base_filters: kernels of the first stage (64 in the paper).
@@ -164,27 +199,25 @@ class CFCM34(keras.Model):
         super().__init__(**kwargs)
         channels = [base_filters * 2**stage for stage in range(len(layers))]
         self.encoder = LadderEncoder(base_filters, layers)
-        self.memories = [ConvLSTMCell(c, name=f"convlstm_{s + 1}") for s, c in enumerate(channels)]
-        # carries[s - 1] takes the state of stage s (2 * channels[s]) to stage s - 1 (2 * channels[s - 1])
-        self.carries = [keras.layers.Conv2DTranspose(2 * channels[s - 1], 2, strides=2, activation="relu",
-                                                     name=f"carry_{s + 1}_to_{s}")
-                        for s in range(1, len(layers))]
+        self.memories = [ConvLSTMCell(c, name=f"memory_{s + 1}") for s, c in enumerate(channels)]
+        # carries[s] takes the state of stage s + 1 (2 * channels[s + 1]) to stage s (2 * channels[s])
+        self.carries = [StateCarry(2 * channels[s], name=f"carry_{s + 2}_to_{s + 1}") for s in range(len(layers) - 1)]
         self.head = SegmentationHead(base_filters)
 
     def call(self, image, training=False):
-        rungs = self.encoder(image, training=training)
+        rungs = self.encoder(image, training=training)  # rungs[stage][block]: (B, h, w, C of the stage)
         deepest = rungs[-1][-1]
-        state = keras.ops.concatenate([keras.ops.zeros_like(deepest)] * 2, axis=-1)
+        state = keras.ops.concatenate([keras.ops.zeros_like(deepest), keras.ops.zeros_like(deepest)], axis=-1)
         for stage in reversed(range(len(rungs))):
             if stage < len(rungs) - 1:
                 state = self.carries[stage](state)
-            for features in reversed(rungs[stage]):
+            for features in rungs[stage]:
                 hidden, state = self.memories[stage](features, state)
         return self.head(hidden)
 
 
 class LadderNet(keras.Model):
-    """The plain ResNet34 ladder: the same encoder, skips fused by summation or concatenation.
+    """The plain ResNet34-style ladder: the same encoder, skips fused by summation or concatenation.
 
     Coarse to fine, each stage fuses the upsampled decoder features with every block output of
     the stage (added, or concatenated), then a 3x3 convolution, batch normalisation and ReLU.
@@ -211,6 +244,35 @@ class LadderNet(keras.Model):
             fused = keras.ops.concatenate(parts, axis=-1) if self.fusion == "concat" else sum(parts)
             decoded = keras.ops.relu(self.norms[stage](self.mixers[stage](fused), training=training))
         return self.head(decoded)
+
+
+class ResidualLadderNet(keras.Model):
+    """The authors' ResNet+Skip baseline (CFCM-2D ``seg_resnet_v2``): one residual block per rung.
+
+    Coarse to fine, each block output of a stage, last block first, is concatenated to the
+    running features and goes through a pre-activation basic block with a projection shortcut;
+    between stages a 2x2 stride-2 transposed convolution (+ ReLU) halves the channels.
+    """
+
+    def __init__(self, base_filters=64, layers=(3, 4, 6, 3), **kwargs):
+        super().__init__(**kwargs)
+        channels = [base_filters * 2**stage for stage in range(len(layers))]
+        self.encoder = LadderEncoder(base_filters, layers)
+        self.rung_blocks = [[BasicBlock(c, project=True) for _ in range(count)] for c, count in zip(channels, layers, strict=True)]
+        self.ups = [keras.layers.Conv2DTranspose(channels[s], 2, strides=2, activation="relu")
+                    for s in range(len(layers) - 1)]
+        self.head = SegmentationHead(base_filters)
+
+    def call(self, image, training=False):
+        rungs = self.encoder(image, training=training)
+        features = None
+        for stage in reversed(range(len(rungs))):
+            if features is not None:
+                features = self.ups[stage](features)
+            for block, rung in zip(self.rung_blocks[stage], reversed(rungs[stage]), strict=True):
+                features = rung if features is None else keras.ops.concatenate([features, rung], axis=-1)
+                features = block(features, training=training)
+        return self.head(features)
 
 
 def make_steps(net, optimizer, xla=False):

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 DPI = 90
 ACTIVE = {"edge": "#1f4e79", "face": "#dbe9f6", "text": "#10263b", "line": "#1f4e79"}
 FADED = {"edge": "#c8c8c8", "face": "#f5f5f5", "text": "#b0b0b0", "line": "#d0d0d0"}
-GATE_COLOURS = {"f": "#f4cccc", "i": "#d9ead3", "j": "#fff2cc", "o": "#d9d2e9"}
+GATE_COLOURS = {"f": "#f4cccc", "i": "#d9ead3", "g": "#fff2cc", "o": "#d9d2e9"}
 
 
 def _save(figure, name: str) -> Path:
@@ -63,17 +63,17 @@ def _label(axes, x, y, text, active=True, size=11, ha="center", **kwargs):
 # The ConvLSTM step, one figure per stage of the computation
 # ---------------------------------------------------------------------------------------------
 STEPS = {
-    1: ("What goes in: the input $x_t$, the hidden state $h_t$ and the cell state $c_t$",
+    1: ("What goes in: the input $x_t$, the hidden state $h_{t-1}$ and the cell state $c_{t-1}$",
         {"inputs"}),
-    2: ("Concatenate $x_t$ and $h_t$, then ONE convolution to 4C channels",
+    2: ("Concatenate $x_t$ and $h_{t-1}$, then ONE convolution to 4C channels",
         {"concat", "conv"}),
-    3: ("Split the 4C channels: gates f, i, o through a sigmoid, the update j through a ReLU",
+    3: ("Split the 4C channels: gates i, f, o through a sigmoid, the update g through a ReLU",
         {"gates"}),
-    4: ("Forget gate: $f \\odot c_t$ keeps part of the old memory",
+    4: ("Forget gate: $f_t \\odot c_{t-1}$ keeps part of the old memory",
         {"forget"}),
-    5: ("Input gate: $i \\odot \\mathrm{ReLU}(j)$ is added: the new cell state $c_{t+1}$",
+    5: ("Input gate: $i_t \\odot g_t$ is added: the new cell state $c_t$",
         {"input", "cell"}),
-    6: ("Output gate: $h_{t+1} = o \\odot \\mathrm{ReLU}(c_{t+1})$, the new hidden state",
+    6: ("Output gate: $h_t = o_t \\odot \\mathrm{ReLU}(c_t)$, the new hidden state",
         {"output"}),
 }
 
@@ -88,29 +88,29 @@ def draw_convlstm_step(step: int) -> Path:
     on = lambda *names: bool(active & set(names)) or step == 0  # noqa: E731
 
     # the cell-state highway along the top
-    _label(axes, 0.2, 5.0, "$c_t$", on("inputs"), size=13)
+    _label(axes, 0.1, 5.0, "$c_{t-1}$", on("inputs"), size=13)
     _arrow(axes, (0.5, 5.0), (4.28, 5.0), on("inputs", "forget"))
     _node(axes, 4.5, 5.0, "×", on("forget"))
     _arrow(axes, (4.72, 5.0), (6.78, 5.0), on("forget", "cell"))
     _node(axes, 7.0, 5.0, "+", on("cell", "input"))
     _arrow(axes, (7.22, 5.0), (10.0, 5.0), on("cell", "output"))
-    _label(axes, 10.3, 5.0, "$c_{t+1}$", on("cell", "output"), size=13)
+    _label(axes, 10.3, 5.0, "$c_t$", on("cell", "output"), size=13)
 
     # inputs, concatenation and the single convolution
-    _label(axes, 0.2, 1.0, "$h_t$", on("inputs", "concat"), size=13)
+    _label(axes, 0.1, 1.0, "$h_{t-1}$", on("inputs", "concat"), size=13)
     _label(axes, 1.6, -0.2, "$x_t$", on("inputs", "concat"), size=13)
     _arrow(axes, (0.45, 1.0), (1.15, 1.0), on("inputs", "concat"))
     _arrow(axes, (1.6, 0.05), (1.6, 0.7), on("inputs", "concat"))
     _box(axes, 1.6, 1.0, "concat\n[x, h]", on("concat"), width=0.9, height=0.6, size=9)
     _arrow(axes, (2.07, 1.0), (2.55, 1.0), on("concat", "conv"))
     _box(axes, 3.2, 1.0, "conv k×k\n→ 4C", on("conv"), width=1.2, height=0.6, size=9)
-    _label(axes, 3.2, 0.35, "4C = [ i | j | f | o ]", on("conv", "gates"), size=9)
+    _label(axes, 3.2, 0.35, "4C = [ i | g | f | o ]", on("conv", "gates"), size=9)
 
     # the four gates
     gates = {"f": (4.5, 2.7, "f\nsigmoid"), "i": (5.6, 2.7, "i\nsigmoid"),
-             "j": (6.7, 2.7, "j\nReLU"), "o": (8.4, 2.7, "o\nsigmoid")}
+             "g": (6.7, 2.7, "g\nReLU"), "o": (8.4, 2.7, "o\nsigmoid")}
     for name, (x, y, text) in gates.items():
-        user = {"f": "forget", "i": "input", "j": "input", "o": "output"}[name]
+        user = {"f": "forget", "i": "input", "g": "input", "o": "output"}[name]
         _arrow(axes, (3.8, 1.1), (x, y - 0.33), on("gates", "conv"), bend=-0.15)
         _box(axes, x, y, text, on("gates", user), width=0.95, height=0.62, face=GATE_COLOURS[name], size=9)
     _label(axes, 4.5, 3.55, "+1 (forget bias)", on("gates", "forget"), size=8)
@@ -129,7 +129,7 @@ def draw_convlstm_step(step: int) -> Path:
     _arrow(axes, (9.3, 3.77), (9.3, 2.92), on("output"))
     _arrow(axes, (8.9, 2.7), (9.08, 2.7), on("output"))
     _arrow(axes, (9.3, 2.48), (9.3, 1.25), on("output"))
-    _label(axes, 9.3, 1.0, "$h_{t+1}$", on("output"), size=13)
+    _label(axes, 9.3, 1.0, "$h_t$", on("output"), size=13)
     _label(axes, 9.3, 0.45, "(also the output)", on("output"), size=8)
     return _save(figure, f"lab2_convlstm_step{step}.png")
 
@@ -176,7 +176,7 @@ def draw_cfcm_overview() -> Path:
     axes.set_xlim(-0.5, 12.5)
     axes.set_ylim(-0.7, 7.3)
     axes.axis("off")
-    axes.set_title("CFCM34: every ResNet block feeds the ConvLSTM of its stage, deepest stage first",
+    axes.set_title("CFCM34: every ResNet block feeds the memory of its stage, deepest stage first",
                    fontsize=11, loc="left")
     colours = ["#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc"]
     blocks = [3, 4, 6, 3]
@@ -192,7 +192,7 @@ def draw_cfcm_overview() -> Path:
         for block in range(count):
             bx = 2.0 + 0.62 * block
             _arrow(axes, (bx, y - 0.27), (7.68, y - 0.1), style="-", bend=0.12)
-        _box(axes, 8.5, y, f"ConvLSTM {stage + 1}\n{count} time steps", width=1.6, height=0.7,
+        _box(axes, 8.5, y, f"ConvLSTM {stage + 1}\n{count} steps", width=1.6, height=0.7,
              face=colours[stage], size=8)
         if stage > 0:
             _arrow(axes, (1.6 + 0.0, y + 1.45 - 0.3), (1.6, y + 0.3))
@@ -203,9 +203,52 @@ def draw_cfcm_overview() -> Path:
     _box(axes, 11.3, 5.2, "transposed conv\nconv 3×3, ReLU\nconv 3×3, sigmoid", width=2.0, height=1.0, size=8)
     _arrow(axes, (9.3, 5.2), (10.25, 5.2))
     _label(axes, 11.3, 6.3, "lung probability\nH × W", size=8)
-    _label(axes, 5.2, -0.4, "inside a stage the last block is fed first (reverse order); "
-           "the state starts at zero in stage 4", size=8)
+    _label(axes, 5.2, -0.4, "inside a stage the blocks are fed in the encoder's order, first block "
+           "first (as in the authors' code); the state starts at zero in stage 4", size=8)
     return _save(figure, "lab2_cfcm_overview.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# One stage unrolled: blocks as time steps, the state handed on, the carry to the finer stage
+# ---------------------------------------------------------------------------------------------
+def draw_stage_unrolled() -> Path:
+    figure, axes = plt.subplots(figsize=(10.0, 4.6))
+    axes.set_xlim(-1.4, 12.3)
+    axes.set_ylim(-0.9, 5.0)
+    axes.axis("off")
+    axes.set_title("One stage of CFCM unrolled (stage 2 of CFCM34: 4 blocks, 2B channels, H/4 x W/4)",
+                   fontsize=11, loc="left")
+    xs = [2.5, 4.8, 7.1, 9.4]
+    _box(axes, 0.0, 4.1, "from stage 1\n(max-pool)", width=1.5, height=0.7, size=8, face="#eeeeee")
+    _arrow(axes, (0.75, 4.1), (xs[0] - 0.55, 4.1))
+    for step, x in enumerate(xs, start=1):
+        _box(axes, x, 4.1, f"block {step}", width=1.1, height=0.6, face="#d9ead3", size=9)
+        if step < len(xs):
+            _arrow(axes, (x + 0.55, 4.1), (xs[step] - 0.55, 4.1))
+        _arrow(axes, (x, 3.8), (x, 2.55))
+        _label(axes, x + 0.25, 3.15, f"$x_{step}$", size=11, ha="left")
+        _box(axes, x, 2.1, "ConvLSTM\nstep", width=1.2, height=0.85, face="#cfe2f3", size=9)
+        _label(axes, x, 1.45, f"t = {step}", size=8)
+        _arrow(axes, (x, 1.25), (x, 0.7))
+        _label(axes, x, 0.45, f"$h_{step}$", size=11)
+        if step < len(xs):
+            _arrow(axes, (x + 0.6, 2.1), (xs[step] - 0.6, 2.1))
+            _label(axes, (x + xs[step]) / 2, 2.42, f"$c_{step}, h_{step}$", size=10)
+    _arrow(axes, (xs[-1] + 0.55, 4.1), (10.75, 4.1))
+    _box(axes, 11.4, 4.1, "to stage 3\n(max-pool)", width=1.3, height=0.7, size=8, face="#eeeeee")
+    _box(axes, -0.3, 2.1, "carry from\nstage 3:\ntransposed conv\n2x2, stride 2,\nReLU", width=1.9,
+         height=1.45, size=7, face="#fff2cc")
+    _arrow(axes, (0.65, 2.1), (xs[0] - 0.6, 2.1))
+    _label(axes, 1.27, 2.42, "$c_0, h_0$", size=10)
+    _box(axes, 11.4, 2.1, "carry to\nstage 1\n(2x size,\nhalf the\nchannels)", width=1.3, height=1.45,
+         size=7, face="#fff2cc")
+    _arrow(axes, (xs[-1] + 0.6, 2.1), (10.75, 2.1))
+    _label(axes, 5.6, -0.35, "one ConvLSTM cell, the same weights at every step; the blocks are its time "
+           "steps, in the encoder's order; the state (c, h) goes on from step to step and then up to the "
+           "finer stage", size=8)
+    _label(axes, 5.6, -0.72, "the deepest stage starts from zeros; after the finest stage, its last h "
+           "goes to the head", size=8)
+    return _save(figure, "lab2_stage_unrolled.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +281,7 @@ def draw_basic_block() -> Path:
 
 def main() -> None:
     written = [draw_convlstm_step(step) for step in STEPS]
-    written += [draw_skip_fusion(), draw_cfcm_overview(), draw_basic_block()]
+    written += [draw_skip_fusion(), draw_cfcm_overview(), draw_stage_unrolled(), draw_basic_block()]
     for path in written:
         print(f"{path.name}: {path.stat().st_size / 1024:.0f} kB")
 
