@@ -54,14 +54,11 @@ c.Authenticator.admin_users = {settings["instructor"]}
 # servers: as root, each as its own system account; otherwise all as the hub's user
 c.JupyterHub.spawner_class = "localprocess" if settings["as_root"] else "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = str(homes / "{username}")
-c.Spawner.cmd = [settings["python"], "-m", "labkit.hub", "--user-server"]
-c.Spawner.args = [f"--LabApp.app_settings_dir={settings['lab_settings']}"]  # no news prompt
+deploy = Path(settings["deploy"])
+c.Spawner.cmd = [settings["python"], str(deploy / "start_user_server.py")]
+c.Spawner.args = [f"--LabApp.app_settings_dir={deploy / 'jupyterlab'}"]  # no news prompt
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = c.Spawner.http_timeout = 120
-if settings["cpus_per_user"]:
-    c.Spawner.cpu_limit = float(settings["cpus_per_user"])
-if settings["mem_limit"]:
-    c.Spawner.mem_limit = settings["mem_limit"]
 
 
 def per_user(key):

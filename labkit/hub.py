@@ -1,12 +1,12 @@
-"""A JupyterHub for a workshop room on one machine (``make hub``; JupyterHub's side of it is
-``deploy/jupyterhub_config.py``).
+"""A JupyterHub for a workshop room on one machine (``make hub``).
 
 Each account (a class list or N students, and the instructor) signs in with its password from
-``<dir>/passwords.txt``. Each gets JupyterLab in its home, where the student notebooks of
+``<dir>/passwords.txt`` and gets JupyterLab in its home, where the student notebooks of
 ``make student`` (the instructor: the solutions) are copied when missing, never over a copy;
 ``LABKIT_DATA`` is one shared data copy, ``LABKIT_RUNS`` is ``~/runs``. As root every account is
 a system account running its own server: students cannot read each other's homes; the
-instructor's group can. As anyone else students are separated by folders only.
+instructor's group can. As anyone else students are separated by folders only. JupyterHub's
+side is ``deploy/jupyterhub_config.py`` and ``deploy/start_user_server.py``.
 
     sudo .venv/bin/python -m labkit.hub --accounts 20 --ip 0.0.0.0 --ssl-cert c.pem --ssl-key k.pem
     sudo .venv/bin/python -m labkit.hub --remove-accounts   # the accounts, their homes, the grants
@@ -35,9 +35,9 @@ GROUP = "labkit-hub"  # every account the hub makes; only it gets the traverse g
 MARK = "labkit hub account"  # the comment field of those accounts: nobody else's is reused
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ACL = "system.posix_acl_access"
-LAB_SETTINGS = Path(__file__).resolve().parents[1] / "deploy" / "jupyterlab"
-# GPU memory one student needs per profile, the larger lab, in GB: estimates (deploy/README.md).
-STUDENT_GPU_GB = {"gpu": 14.0, "cpu": 1.5, "smoke": 0.8}
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+# GPU memory (GB) one student needs in each profile, the larger lab: estimates, deploy/README.md
+STUDENT_GPU_GB = {"gpu": 8.0, "cpu": 1.4, "smoke": 1.1}
 
 
 class HubError(Exception):
@@ -64,7 +64,6 @@ def parse_args(argv):
                    help="share: one GPU per user, round robin; all: every GPU for everyone")
     p.add_argument("--profile", choices=("smoke", "cpu", "gpu"), help="default: what fits a share")
     p.add_argument("--cpus-per-user", type=int, help="pin each server to this many cores")
-    p.add_argument("--mem-limit", help="e.g. 8G: shown to users; enforced only on Kubernetes")
     p.add_argument("--remove-accounts", action="store_true",
                    help="delete the accounts this --dir made, their homes and the grants")
     return p.parse_args(argv)
@@ -131,10 +130,9 @@ def ensure_accounts(names: list[str], instructor: str, homes: Path, state: dict)
         os.chmod(entry.pw_dir, 0o700 if name == instructor else 0o750)
 
 
-def grant_traverse(paths: list[Path], state: dict) -> list[str]:
+def grant_traverse(paths: list[Path], state: dict) -> None:
     """Let the hub's group pass through folders closed to others (an ACL entry: x only)."""
     gid = grp.getgrnam(GROUP).gr_gid
-    granted = []
     for path in paths:
         for folder in [*reversed(path.resolve().parents), path.resolve()]:
             mode = folder.stat().st_mode
@@ -154,8 +152,6 @@ def grant_traverse(paths: list[Path], state: dict) -> list[str]:
             os.setxattr(folder, ACL, struct.pack("<I", 2) + entry(1, mode >> 6 & 7)
                         + entry(4, mode >> 3 & 7) + entry(8, 1, gid)
                         + entry(0x10, mode >> 3 & 7 | 1) + entry(0x20, mode & 7))
-            granted.append(str(folder))
-    return granted
 
 
 def remove_accounts(directory: Path) -> list[str]:
@@ -200,36 +196,11 @@ def plan_gpus(users: list[str], gpus: dict[str, float], mode: str, profile: str 
     if not ids or mode == "none":
         return {user: ("", profile or "cpu") for user in users}
     per_gpu = len(users) if mode == "all" else -(-len(users) // len(ids))
-    fits = [name for name in ("gpu", "cpu", "smoke") if per_gpu * STUDENT_GPU_GB[name] <= min(gpus.values())]
+    memory = 0.95 * min(gpus.values())  # a little kept free
+    fits = [name for name in ("gpu", "cpu", "smoke") if per_gpu * STUDENT_GPU_GB[name] <= memory]
     chosen = profile or (fits or ["smoke"])[0]
     return {user: (",".join(ids) if mode == "all" else ids[i % len(ids)], chosen)
             for i, user in enumerate(users)}
-
-
-def copy_missing(source: Path, target: Path) -> list[Path]:
-    """Copy every file of ``source`` into ``target`` that is not there; returns the copies."""
-    copied = []
-    for path in sorted(source.rglob("*")):
-        destination = target / path.relative_to(source)
-        if path.is_dir() or ".ipynb_checkpoints" in path.parts or os.path.lexists(destination):
-            continue
-        try:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, destination)
-            copied.append(destination)
-        except OSError as error:  # a student's file or folder in the way: keep theirs
-            print(f"labkit hub: did not copy {path.name}: {error}", file=sys.stderr)
-    return copied
-
-
-def user_server(args: list[str]) -> None:
-    """Start of each user's server (run as that user): notebooks in, cores pinned, then Lab."""
-    if os.environ.get("LABKIT_HUB_NOTEBOOKS"):
-        copy_missing(Path(os.environ["LABKIT_HUB_NOTEBOOKS"]), Path.home())
-    Path(os.environ.get("LABKIT_RUNS", Path.home() / "runs")).mkdir(parents=True, exist_ok=True)
-    if os.environ.get("LABKIT_HUB_CPUS"):
-        os.sched_setaffinity(0, {int(core) for core in os.environ["LABKIT_HUB_CPUS"].split(",")})
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterhub.singleuser", *args])
 
 
 def free_port() -> int:
@@ -245,7 +216,7 @@ def prepare(args) -> dict:
         f"student{i:0{max(2, len(str(args.accounts)))}d}" for i in range(1, args.accounts + 1)]
     if not NAME.match(args.instructor) or args.instructor in students or not students:
         raise HubError(f"--instructor {args.instructor!r}: give a name not in the class list")
-    if not sorted(args.student_notebooks.glob("*.ipynb")):
+    if not any(args.student_notebooks.glob("*.ipynb")):
         raise HubError(f"{args.student_notebooks}: no student notebooks: run `make student`")
     for name, path in (("--data", args.data), ("--solutions", args.solutions)):
         if not path.is_dir():
@@ -266,6 +237,7 @@ def prepare(args) -> dict:
     for dataset in ("prostate", "lung"):  # the splits are written now: students cannot write there
         with contextlib.suppress(ValueError, OSError):  # a missing set: its lab says what to do
             __import__(f"labkit.data.{dataset}", fromlist=["_"]).load_splits(args.data.resolve())
+    system = {}
     if as_root:
         record = state / "system.json"
         system = json.loads(record.read_text()) if record.exists() else {}
@@ -281,6 +253,7 @@ def prepare(args) -> dict:
     cores, k = sorted(os.sched_getaffinity(0)), args.cpus_per_user or 0
     return {
         "students": students, "instructor": args.instructor, "as_root": as_root,
+        "grants": sorted(system.get("grants", {})),
         "passwords": load_passwords(directory / "passwords.txt", students, args.instructor,
                                     args.shared_password),
         "bind_url": f"{'https' if args.ssl_cert else 'http'}://{args.ip}:{args.port}",
@@ -288,14 +261,13 @@ def prepare(args) -> dict:
         "hub_url": f"http://127.0.0.1:{free_port()}", "proxy": str(proxy),
         "proxy_api_url": f"http://127.0.0.1:{free_port()}",
         "state": str(state), "homes": str(homes), "data": str(args.data.resolve()),
-        "python": sys.executable, "lab_settings": str(LAB_SETTINGS),
+        "python": sys.executable, "deploy": str(DEPLOY),
         "notebooks": {user: str((args.solutions if user == args.instructor
                                  else args.student_notebooks).resolve()) for user in users},
         "gpus": {user: plan[user][0] for user in users},
         "profiles": {user: plan[user][1] for user in users},
         "cpus": {user: ",".join(str(cores[(i * k + j) % len(cores)]) for j in range(k))
                  for i, user in enumerate(users)},
-        "cpus_per_user": k, "mem_limit": args.mem_limit or "",
     }
 
 
@@ -303,7 +275,7 @@ def check_runs_as(name: str, home: Path) -> None:
     """Start the course's Python as ``name`` once: its server will need the same."""
     from jupyterhub.spawner import set_user_setuid
 
-    result = subprocess.run([sys.executable, "-c", "import labkit.hub, jupyterhub.singleuser"],
+    result = subprocess.run([sys.executable, str(DEPLOY / "start_user_server.py"), "--version"],
                             preexec_fn=set_user_setuid(name), cwd=home, capture_output=True,
                             text=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
     if result.returncode != 0:
@@ -319,6 +291,9 @@ def describe(settings: dict) -> str:
             f"{s['instructor']}\n  passwords: {homes.parent / 'passwords.txt'} (only you can read "
             f"it: hand each student their line)\n  GPUs -> profile: {', '.join(shares)}\n"
             f"  results board: {sys.executable} -m labkit.class_results {homes}")
+    if s["grants"]:
+        text += (f"\n  opened to the hub's accounts (execute only; --remove-accounts closes them): "
+                 f"{', '.join(s['grants'])}")
     if not s["as_root"]:
         text += ("\n  WARNING: not root, so every server runs as you and students are separated by "
                  "folders only: any of them can read and change the others' files from a terminal "
@@ -330,8 +305,6 @@ def describe(settings: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--user-server"]:
-        user_server(argv[1:])
     args = parse_args(argv)
     try:
         if args.remove_accounts:
@@ -350,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(settings["state"])
     os.environ["LABKIT_HUB_SETTINGS"] = str(path)
     os.execv(sys.executable, [sys.executable, "-m", "jupyterhub", "-f",
-                              str(LAB_SETTINGS.parent / "jupyterhub_config.py")])
+                              str(DEPLOY / "jupyterhub_config.py")])
 
 
 if __name__ == "__main__":
