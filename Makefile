@@ -1,6 +1,7 @@
 # Course Makefile. Every target sets itself up: a fresh machine with Python 3.10+ and pip is enough.
 #   make lab    -> virtual environment + data (synthetic if no real data) + JupyterLab on notebooks/
-#   make test   -> the same set-up, then unit tests and both notebooks under nbval (smoke profile)
+#   make test   -> the same set-up, then every test and both notebooks under nbval (smoke profile)
+#   make test-unit -> the quick loop: tests without the slow and browser ones
 #   make hub    -> a JupyterHub for a workshop room on this machine (see README: Running a workshop)
 # Variables you may override:  PYTHON, EXTRAS, LAB_IP, LAB_PORT, LAB_ARGS, HUB_ARGS, PROFILE, LABKIT_DATA,
 #                              LABKIT_RUNS
@@ -36,7 +37,7 @@ NOTEBOOKS := notebooks/01_vnet_prostate.ipynb notebooks/02_cfcm_lung.ipynb
         bench refresh-checks export doctor fetch clean
 
 help:
-	@echo "make lab | hub | test | run [PROFILE=cpu] | data | student | bench | refresh-checks | doctor | clean"
+	@echo "make lab | hub | test | test-unit | run [PROFILE=cpu] | data | student | bench | refresh-checks | doctor | clean"
 
 # ---- set-up: one virtual environment, reinstalled only when pyproject.toml or EXTRAS change ----
 $(STAMP): pyproject.toml
@@ -78,11 +79,14 @@ hub: data student proxy
 	$(PY) -m labkit.hub $(HUB_ARGS)
 
 # ---- tests ----
-test: data
-	$(MAKE) --no-print-directory test-unit test-notebooks
-
-test-unit: setup proxy
+# make test: everything (slow and browser tests included), then both notebooks under nbval.
+# make test-unit: the quick loop while editing (slow and browser tests skipped).
+test: data proxy
 	LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs $(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory test-notebooks
+
+test-unit: setup
+	LABKIT_HEADLESS=1 LABKIT_RUNS=$(CURDIR)/build/test-runs $(PY) -m pytest tests -q -m "not slow and not browser"
 
 test-browser: setup proxy
 	LABKIT_HEADLESS=1 $(PY) -m pytest tests -m browser -q -rs
