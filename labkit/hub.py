@@ -107,7 +107,7 @@ def load_passwords(path: Path, students: list[str], instructor: str, shared: boo
 def ensure_accounts(names: list[str], instructor: str, homes: Path, state: dict) -> None:
     """System accounts (root): made once, homes 0750 readable by the instructor's group."""
     subprocess.run(["groupadd", "-f", "--system", GROUP], check=True)
-    for name in names:
+    for name in [instructor, *(name for name in names if name != instructor)]:
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
@@ -123,10 +123,7 @@ def ensure_accounts(names: list[str], instructor: str, homes: Path, state: dict)
             raise HubError(f"{name!r} belongs to the hub whose homes are in "
                            f"{Path(entry.pw_dir).parent}: --remove-accounts --dir there, or "
                            "pick other names")
-    teachers = pwd.getpwnam(instructor).pw_gid
-    for name in names:
-        entry = pwd.getpwnam(name)
-        os.chown(entry.pw_dir, entry.pw_uid, entry.pw_gid if name == instructor else teachers)
+        os.chown(entry.pw_dir, entry.pw_uid, pwd.getpwnam(instructor).pw_gid)  # group: instructor
         os.chmod(entry.pw_dir, 0o700 if name == instructor else 0o750)
 
 
@@ -149,9 +146,12 @@ def grant_traverse(paths: list[Path], state: dict) -> None:
                 raise HubError(f"{folder} is closed to the student accounts and already has an ACL: "
                                f"give group {GROUP} x on it, or install the course elsewhere")
             state.setdefault("grants", {}).setdefault(str(folder), mode & 0o7777)
-            os.setxattr(folder, ACL, struct.pack("<I", 2) + entry(1, mode >> 6 & 7)
-                        + entry(4, mode >> 3 & 7) + entry(8, 1, gid)
-                        + entry(0x10, mode >> 3 & 7 | 1) + entry(0x20, mode & 7))
+            try:
+                os.setxattr(folder, ACL, struct.pack("<I", 2) + entry(1, mode >> 6 & 7)
+                            + entry(4, mode >> 3 & 7) + entry(8, 1, gid)
+                            + entry(0x10, mode >> 3 & 7 | 1) + entry(0x20, mode & 7))
+            except OSError:  # a file system without ACLs: every account may pass instead
+                os.chmod(folder, mode | 0o001)
 
 
 def remove_accounts(directory: Path) -> list[str]:
@@ -164,7 +164,8 @@ def remove_accounts(directory: Path) -> list[str]:
             done.append(name)  # 6: no such account any more
     for folder, mode in state.get("grants", {}).items():
         if os.path.isdir(folder):
-            os.removexattr(folder, ACL)
+            with contextlib.suppress(OSError):  # opened by mode, not by an ACL
+                os.removexattr(folder, ACL)
             os.chmod(folder, mode)
             done.append(folder)
     if GROUP in {group.gr_name for group in grp.getgrall() if not group.gr_mem}:
@@ -204,8 +205,7 @@ def plan_gpus(users: list[str], gpus: dict[str, float], mode: str, profile: str 
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+    with socket.create_server(("127.0.0.1", 0)) as probe:
         return probe.getsockname()[1]
 
 

@@ -365,10 +365,16 @@ def test_a_room_of_two_in_a_real_browser(room, tmp_path):
             wrong.locator(".login_error", has_text="Invalid username or password").wait_for()
             assert "/hub/login" in wrong.url
 
-            board = tmp_path / "board.html"
+            # the results board, made by the instructor's account (as root: its group reads homes)
+            board = hub_dir / "homes" / INSTRUCTOR / "board.html" if AS_ROOT else tmp_path / "b.html"
+            as_instructor = {}
+            if AS_ROOT:
+                from jupyterhub.spawner import set_user_setuid
+
+                as_instructor = {"preexec_fn": set_user_setuid(INSTRUCTOR), "cwd": board.parent}
             result = subprocess.run([sys.executable, "-m", "labkit.class_results",
                                      str(hub_dir / "homes"), "--out", str(board)],
-                                    capture_output=True, text=True, timeout=120)
+                                    capture_output=True, text=True, timeout=120, **as_instructor)
             assert result.returncode == 0, result.stderr
             view = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             view.goto(board.as_uri())
