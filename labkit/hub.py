@@ -214,7 +214,9 @@ def prepare(args) -> dict:
     as_root = os.geteuid() == 0
     students = read_class_list(args.class_list) if args.class_list else [
         f"student{i:0{max(2, len(str(args.accounts)))}d}" for i in range(1, args.accounts + 1)]
-    if not NAME.match(args.instructor) or args.instructor in students or not students:
+    if not students:
+        raise HubError("no students: give --accounts N (N of at least 1) or --class-list FILE")
+    if not NAME.match(args.instructor) or args.instructor in students:
         raise HubError(f"--instructor {args.instructor!r}: give a name not in the class list")
     if not any(args.student_notebooks.glob("*.ipynb")):
         raise HubError(f"{args.student_notebooks}: no student notebooks: run `make student`")
