@@ -15,7 +15,8 @@ moved its files before; if the address fails, pass the current one with ``--url`
 
 import sys
 
-from labkit.fetch import Dataset, run_command
+from fetching import Dataset, run_command
+
 from labkit.paths import LUNG_DIR
 
 MONTGOMERY = Dataset(

@@ -13,7 +13,8 @@ when the set is already there does nothing. ``--help`` lists every option.
 
 import sys
 
-from labkit.fetch import Dataset, run_command
+from fetching import Dataset, run_command
+
 from labkit.paths import PROSTATE_DIR
 
 PROSTATE = Dataset(

@@ -12,7 +12,7 @@ LABKIT = Path(__file__).resolve().parents[1] / "labkit"
 LAYERS = {
     "labkit.io": 0, "labkit.paths": 0, "labkit.profiles": 0, "labkit.metrics": 0,
     "labkit.runs": 1, "labkit.data": 1, "labkit.notebook_tools": 1,
-    "labkit.viz": 2, "labkit.fetch": 2, "labkit.torch_utils": 2, "labkit.tf_utils": 2,
+    "labkit.viz": 2, "labkit.torch_utils": 2, "labkit.tf_utils": 2,
     "labkit.exercises": 3, "labkit.export": 3, "labkit.run_notebooks": 3, "labkit.doctor": 3,
     "labkit.class_results": 3, "labkit.hub": 3,
     "labkit.labs": 4,

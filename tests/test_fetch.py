@@ -1,4 +1,4 @@
-"""labkit.fetch and the two fetch scripts, offline.
+"""data_scripts/fetching.py and the two fetch scripts, offline.
 
 Small fake archives with the official layouts are served from a local threaded HTTP server
 (with Range support; it can drop the connection mid-file or ignore Range). The expected
@@ -27,8 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit import fetch as fetch_module
-from labkit.fetch import FetchBusy, FetchError, fetch, lock_path, parse_checksum
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_scripts"))
+import fetching as fetch_module  # noqa: E402
+from fetching import FetchBusy, FetchError, fetch, lock_path, parse_checksum  # noqa: E402
+
 from labkit.paths import LUNG_DIR, PROSTATE_DIR, SYNTHETIC_MARKER
 
 REPOSITORY = Path(__file__).resolve().parents[1]
