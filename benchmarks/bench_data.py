@@ -329,7 +329,7 @@ def epoch_overhead(cases: list, config: dict, repeats: int) -> dict:
     from labkit.labs.vnet import augmentation
     from labkit.profiles import get_profile
 
-    threads = torch_utils.cpu_threads()  # as the notebook does: all cores but one
+    threads = torch_utils.cpu_threads()  # the notebook's thread policy
     settings = get_profile("smoke").vnet
     chosen = cases[: settings.max_cases] if settings.max_cases else cases
     epochs = 2 if config.get("quick") else EPOCHS_PER_SAMPLE

@@ -5,7 +5,10 @@ assembled in turn, ``prefetch=0``, or ahead in a background thread, ``prefetch=2
 process runs the notebook's own epoch: the exported ``train_one_epoch`` and ``evaluate``, the
 notebook's augmentation, a ``labkit.runs.Run`` writing its checkpoints to a temporary folder and
 the board's headless line, cpu profile, synthetic set. The process's first epoch (caches, tracing)
-is left out. Configurations alternate, ``repeats`` times, so a load spike hits them alike.
+is left out. Configurations alternate, ``repeats`` times, so a load spike hits them alike. Lab 1
+also runs with ``OMP_WAIT_POLICY=PASSIVE`` (PyTorch's OpenMP threads sleep instead of spinning
+while they wait for each other: what decides how badly they suffer when another program takes a
+core).
 
 Thread counts are fixed when a framework starts, hence a process per configuration. With 4 or
 more cores the same runs are repeated on 4 of them (``os.sched_setaffinity``, as ``taskset``);
@@ -44,6 +47,9 @@ def run(config: dict) -> dict:
                            "epochs": epochs, "quick": quick}
                           for cores in core_counts for threads in sorted({cores, max(1, cores - 1)}, reverse=True)
                           for prefetch in (0, 2)]
+        if lab == "vnet":  # OpenMP threads that sleep instead of spinning while they wait
+            configurations += [dict(one, passive=True) for one in configurations
+                               if one["threads"] == one["cores"] and one["prefetch"] == 0]
         times = {_name(one): [] for one in configurations}
         for repeat in range(repeats):
             for one in configurations:
@@ -59,13 +65,16 @@ def run(config: dict) -> dict:
 
 def _name(one: dict) -> str:
     return (f"{one['cores']} cores, {one['threads']} thread{'s' * (one['threads'] > 1)}, "
-            f"{'batches ahead (prefetch=2)' if one['prefetch'] else 'batches in turn'}")
+            f"{'batches ahead (prefetch=2)' if one['prefetch'] else 'batches in turn'}"
+            f"{', OMP_WAIT_POLICY=PASSIVE' if one.get('passive') else ''}")
 
 
 def _worker(one: dict) -> list[float]:
     """Run one configuration in a fresh process; its epoch times (the first left out)."""
     with tempfile.TemporaryDirectory(prefix="labkit-bench-threads-") as folder:
         environment = dict(os.environ, LABKIT_RUNS=folder, LABKIT_HEADLESS="1", TF_CPP_MIN_LOG_LEVEL="3")
+        if one.get("passive"):
+            environment["OMP_WAIT_POLICY"] = "PASSIVE"
         done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(one)], cwd=REPOSITORY,
                               env=environment, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:

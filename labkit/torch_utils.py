@@ -56,22 +56,21 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def cpu_threads(threads: int | None = None) -> int:
-    """Set how many threads PyTorch uses on the CPU; returns the number set.
+    """Set how many threads PyTorch uses on the CPU (the course's policy); returns the number set.
 
-    By default one core is left free for the notebook server, the browser and data
-    preparation: with every core busy, PyTorch's threads wait on each other and training can
-    run several times slower (measured on a shared 2-core machine: 5 s per epoch with one
-    thread, 40 s with two).
+    The policy is every core this process may use: ``make bench`` (threads section) runs the
+    notebook's own epoch with every core and with all but one, side by side, and every core was
+    faster for both labs. When other programs keep the cores busy, PyTorch's threads wait for
+    each other and an epoch can take several times longer: then pass ``threads=1``.
 
     Args:
-        threads: the number of threads; None means all available cores but one (at least 1).
+        threads: the number of threads; None means every core this process may use.
     """
     if threads is None:
         try:
-            cores = len(os.sched_getaffinity(0))
+            threads = len(os.sched_getaffinity(0))
         except AttributeError:  # macOS, Windows
-            cores = os.cpu_count() or 1
-        threads = max(1, cores - 1)
+            threads = os.cpu_count() or 1
     if int(threads) < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     torch.set_num_threads(int(threads))

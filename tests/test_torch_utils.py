@@ -29,11 +29,11 @@ def test_pick_device_refuses_missing_cuda(monkeypatch):
     assert torch_utils.pick_device("cpu") == torch.device("cpu")
 
 
-def test_cpu_threads_leaves_one_core(monkeypatch):
+def test_cpu_threads_takes_every_core_this_process_may_use(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setattr(torch_utils.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
-        assert torch_utils.cpu_threads() == 3 and torch.get_num_threads() == 3
+        assert torch_utils.cpu_threads() == 4 and torch.get_num_threads() == 4
         monkeypatch.setattr(torch_utils.os, "sched_getaffinity", lambda _: {0}, raising=False)
         assert torch_utils.cpu_threads() == 1
         assert torch_utils.cpu_threads(2) == 2 and torch.get_num_threads() == 2
