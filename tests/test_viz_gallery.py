@@ -142,7 +142,7 @@ def test_contours_draw_a_post_processed_prediction_and_fill_a_grid():
 
 
 def test_memory_views_show_each_step_and_the_stages():
-    from labkit.viz.memory import MemoryViewer, plot_memory, plot_memory_overview
+    from labkit.viz.memory import plot_memory, plot_memory_overview
 
     rng = np.random.default_rng(0)
     trace = [{"stage": stage, "step": step, "steps": steps, "hidden": rng.uniform(size=(size, size, 3)),
@@ -155,9 +155,7 @@ def test_memory_views_show_each_step_and_the_stages():
     assert forget.shape == (32, 32) and forget[0, 0] == pytest.approx(trace[3]["forget"][0, 0].mean())
     overview = plot_memory_overview(trace, image)
     assert len([ax for ax in overview.axes if ax.get_images()]) == 2 * 4  # first and last step of 2 stages
-    viewer = MemoryViewer(trace, image)
-    viewer.index = 4
-    assert "step 3 of 3" in viewer.figure().axes[0].get_title()
+    assert "step 3 of 3" in plot_memory(trace, image, index=4).axes[0].get_title()
     with pytest.raises(DataError, match="does not exist"):
         plot_memory(trace, image, index=5)
     with pytest.raises(DataError, match="memory_trace"):

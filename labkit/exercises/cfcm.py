@@ -167,10 +167,10 @@ def _in_graph(compiled, eager, prob, label):
     prob, label = tf.constant(prob), tf.constant(label)
     try:
         return compiled(prob, label)
-    except Exception as error:  # noqa: BLE001 - any failure while tracing: say why it matters
+    except Exception as error:  # any failure while tracing: say why it matters
         try:
             eager(prob, label)
-        except Exception:  # noqa: BLE001 - it fails eagerly too: report the student's own error
+        except Exception:  # it fails eagerly too: report the student's own error
             raise error from None
         raise CheckFailed("your score works on eager tensors but not inside tf.function, where the "
                           "training step runs it: use TensorFlow operations (tf.reduce_sum, tf.cast, "
