@@ -108,9 +108,13 @@ class Run:
                 checkpoint.clear(self.folder)
             self._say(f"new run in {self.folder.name}")
         else:
-            saved_history = read_json(self.folder / "history.json") or {}
-            self.history = {key: [math.nan if value is None else value for value in values[:done]]
-                            for key, values in saved_history.items()}
+            saved = read_json(self.folder / "history.json") or {}
+            # history.json is written before the checkpoint, so it may be one epoch ahead (cut it)
+            # but not behind, unless the folder was copied half-way: then the gaps are NaN
+            self.history = {key: ([math.nan if value is None else value for value in values[:done]]
+                                  + [math.nan] * (done - len(values[:done])))
+                            for key, values in saved.items() if key != "epoch"}
+            self.history["epoch"] = list(range(1, done + 1))
             self._say(f"resuming {self.folder.name} after epoch {done}")
         if self.is_main:
             atomic_write_json(self.folder / "settings.json", self.settings)
@@ -156,9 +160,9 @@ class Run:
         for key, value in values.items():
             self.history.setdefault(key, [math.nan] * done).append(value)
         best = self.best_epoch == done + 1
-        self.checkpoint.save(self.folder if self.is_main else None, done + 1, best)
-        if self.is_main:
+        if self.is_main:  # first: a kill between the two leaves history ahead, which resume cuts
             atomic_write_json(self.folder / "history.json", self.history)
+        self.checkpoint.save(self.folder if self.is_main else None, done + 1, best)
         self._epoch_started = None
 
     def load_best(self) -> int | None:

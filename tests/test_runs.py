@@ -79,6 +79,32 @@ def test_history_beyond_the_checkpoint_is_dropped(runs_root):
     assert runs.Run("vnet", "smoke", "a", SETTINGS, FakeCheckpoint()).history["epoch"] == [1]
 
 
+def test_history_is_written_before_the_checkpoint(runs_root):
+    """A kill between the two writes must leave history ahead (cut on resume), never behind:
+    behind, the resumed run would replay an epoch on weights that had already learned it."""
+    order = []
+
+    class Watching(FakeCheckpoint):
+        def save(self, folder, epochs, best):
+            history = json.loads((folder / "history.json").read_text())
+            order.append(len(history["epoch"]))
+            super().save(folder, epochs, best)
+
+    _train(runs.Run("vnet", "smoke", "a", SETTINGS, Watching()), 2)
+    assert order == [1, 2], "history.json did not hold the epoch when its checkpoint was saved"
+
+
+def test_history_behind_the_checkpoint_resumes_after_the_checkpoint(runs_root):
+    """A folder copied half-way: the checkpoint's epochs count, the missing values are NaN."""
+    run = runs.Run("vnet", "smoke", "a", SETTINGS, FakeCheckpoint())
+    _train(run, 1)
+    (run.folder / "fake.ckpt").write_text("2")
+    resumed = runs.Run("vnet", "smoke", "a", SETTINGS, FakeCheckpoint())
+    assert resumed.epochs_done == 2 and resumed.history["epoch"] == [1, 2]
+    assert resumed.history["validation_dice"][0] == 0.2 and math.isnan(resumed.history["validation_dice"][1])
+    assert list(resumed.epochs(3)) == [2]
+
+
 @pytest.mark.parametrize("change", [{"lr": 0.01}, {"image_size": (16, 16)}, {"seed": 1}])
 def test_any_change_but_max_epochs_is_refused_with_what_changed(runs_root, change):
     _train(runs.Run("vnet", "smoke", "a", SETTINGS, FakeCheckpoint()), 1)
