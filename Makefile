@@ -20,7 +20,7 @@ LAB_ARGS  ?= --no-browser
 LAB_TOKEN ?= $(if $(filter 127.0.0.1 localhost,$(LAB_IP)),,$(shell od -An -N16 -tx1 /dev/urandom | tr -d ' \n'))
 ROOT_ARG  := $(if $(filter 0,$(shell id -u)),--allow-root)
 PROFILE   ?= cpu
-# Options of `python -m labkit.hub` (--help lists them), e.g. HUB_ARGS="--accounts 25 --ip 0.0.0.0"
+# Options of `deploy/hub.py` (--help lists them), e.g. HUB_ARGS="--accounts 25 --ip 0.0.0.0"
 HUB_ARGS  ?=
 # JupyterHub's proxy (npm package configurable-http-proxy), installed into the venv from deploy/proxy/
 PROXY     := $(VENV)/proxy/node_modules/.bin/configurable-http-proxy
@@ -76,7 +76,7 @@ lab: data
 
 # One JupyterHub for a room: an account and a private lab per student (root: system accounts).
 hub: data student proxy
-	$(PY) -m labkit.hub $(HUB_ARGS)
+	$(PY) deploy/hub.py $(HUB_ARGS)
 
 # ---- tests ----
 # make test: everything (slow and browser tests included), then both notebooks under nbval.

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from labkit.data import phantoms  # noqa: E402
+import phantoms  # noqa: E402  (data_scripts/phantoms.py, beside this script)
+
 from labkit.paths import LUNG_DIR, PROSTATE_DIR  # noqa: E402
 
 

@@ -1,6 +1,6 @@
-"""JupyterHub configuration of ``make hub`` / ``python -m labkit.hub``.
+"""JupyterHub configuration of ``make hub`` / ``deploy/hub.py``.
 
-``labkit.hub`` checks the room's options, makes the accounts and passwords, writes the settings
+``deploy/hub.py`` checks the room's options, makes the accounts and passwords, writes the settings
 this file reads (``$LABKIT_HUB_SETTINGS``, a JSON file in the hub's private state folder) and
 starts ``jupyterhub -f`` on this file. Everything here is JupyterHub's standard pieces: the local
 process spawners, the configurable-http-proxy, an authenticator that checks one password per

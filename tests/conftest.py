@@ -7,9 +7,13 @@ them as read-only: copy a case into ``tmp_path`` before damaging it.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from labkit.data import phantoms
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_scripts"))
+import phantoms  # noqa: E402
 
 TINY_PROSTATE_CASES = 8
 TINY_LUNG_CASES = 12

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit import hub
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
+import hub  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -222,8 +223,8 @@ def listening_ports(pids: set[int]) -> set[int]:
 
 
 def remove_accounts(hub_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labkit.hub", "--remove-accounts", "--dir",
-                           str(hub_dir)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(DEPLOY / "hub.py"), "--remove-accounts",
+                           "--dir", str(hub_dir)], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +373,7 @@ def test_a_room_of_two_in_a_real_browser(room, tmp_path):
                 from jupyterhub.spawner import set_user_setuid
 
                 as_instructor = {"preexec_fn": set_user_setuid(INSTRUCTOR), "cwd": board.parent}
-            result = subprocess.run([sys.executable, "-m", "labkit.class_results",
+            result = subprocess.run([sys.executable, str(DEPLOY / "class_results.py"),
                                      str(hub_dir / "homes"), "--out", str(board)],
                                     capture_output=True, text=True, timeout=120, **as_instructor)
             assert result.returncode == 0, result.stderr

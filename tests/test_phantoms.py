@@ -12,8 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_scripts"))
+import phantoms  # noqa: E402
+
 from labkit import paths
-from labkit.data import lung, phantoms, prostate
+from labkit.data import lung, prostate
 from labkit.metrics import dice
 
 ROOT = Path(__file__).resolve().parents[1]

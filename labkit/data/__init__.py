@@ -1,7 +1,7 @@
 """The data layer: ``prostate`` and ``lung`` (cases, splits, ready-made chains), ``transforms``
-(every transform), ``batching`` (``BatchIterator``), ``cache``, ``splits``, ``phantoms``
-(synthetic data) and ``errors``. Importing it loads numpy only; scipy, nibabel and Pillow are
-imported where they are used.
+(every transform), ``batching`` (``BatchIterator``), ``cache``, ``splits`` and ``errors``; the
+synthetic sets are made by ``data_scripts/phantoms.py``. Importing it loads numpy only; scipy,
+nibabel and Pillow are imported where they are used.
 
     from labkit.data import prostate, BatchIterator
     train = BatchIterator(prostate.load_splits()["train"], batch_size=2,

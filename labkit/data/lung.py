@@ -30,6 +30,9 @@ from labkit.data.readers import LoadPNG, is_junk
 from labkit.data.wrappers import CropBlackBorder, FuseMasks, NormalizeIntensity, Resize
 
 MONTGOMERY_PIXEL_SPACING_MM = 0.0875  # both directions, as the set's README documents it
+# the synthetic radiographs' pixel size (the real set's 0.0875 mm x 8); data_scripts/phantoms.py
+# draws them at this size and writes it into their README.txt
+SYNTHETIC_PIXEL_SPACING_MM = 0.7
 
 
 def dataset_dir(root=None) -> Path:
@@ -97,13 +100,10 @@ def pixel_spacing(root=None) -> tuple[float, float]:
     """Millimetres per pixel (rows, columns) of the radiographs on disk.
 
     The Montgomery set documents 0.0875 mm in both directions; a synthetic set made by
-    ``make data`` has its own (``labkit.data.phantoms.LUNG_PIXEL_SPACING_MM``, also written in
-    its README.txt).
+    ``make data`` has its own (``SYNTHETIC_PIXEL_SPACING_MM``, also written in its README.txt).
     """
     if paths.data_source(dataset_dir(root)) == "synthetic":
-        from labkit.data.phantoms import LUNG_PIXEL_SPACING_MM
-
-        return (LUNG_PIXEL_SPACING_MM,) * 2
+        return (SYNTHETIC_PIXEL_SPACING_MM,) * 2
     return (MONTGOMERY_PIXEL_SPACING_MM,) * 2
 
 

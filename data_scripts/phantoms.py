@@ -9,6 +9,9 @@ rectum and a gland with transition zone (label 2) and posterior peripheral zone 
 Chest X-ray: attenuation of body, lungs, heart, spine, ribs and clavicles as a 12-bit
 radiograph, with left and right lung masks. All randomness comes from the ``numpy.random.
 Generator`` passed in: a seed gives the same set on every machine, whatever the workers.
+
+``make_phantoms.py`` (``make data``) and the tests' tiny sets use it; it imports labkit (the
+layouts, atomic folders), labkit never imports it.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from labkit.data.batching import default_workers
-from labkit.io import atomic_dir
-from labkit.paths import SYNTHETIC_MARKER
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from labkit.data.batching import default_workers  # noqa: E402
+from labkit.data.lung import SYNTHETIC_PIXEL_SPACING_MM  # noqa: E402
+from labkit.io import atomic_dir  # noqa: E402
+from labkit.paths import SYNTHETIC_MARKER  # noqa: E402
 
 MARKER_TEXT = (
-    "This folder holds SYNTHETIC phantoms made by `make data` (labkit.data.phantoms),\n"
+    "This folder holds SYNTHETIC phantoms made by `make data` (data_scripts/phantoms.py),\n"
     "not real patient data. Results on it only show that the code runs and learns.\n"
     "Fetch the real set with data_scripts/fetch_prostate.py or data_scripts/fetch_montgomery.py.\n"
 )
@@ -244,7 +250,7 @@ def write_prostate_set(dataset_dir, n_train: int = 32, n_test: int = 4, seed: in
         "name": "PROSTATE",
         "description": "Synthetic prostate phantoms in the Medical Segmentation Decathlon "
                        "Task05 layout",
-        "reference": "labkit.data.phantoms (not patient data)", "licence": "CC-BY-SA 4.0",
+        "reference": "data_scripts/phantoms.py (not patient data)", "licence": "CC-BY-SA 4.0",
         "release": "labkit synthetic 1.0", "tensorImageSize": "4D",
         "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "PZ", "2": "TZ"},
         "numTraining": len(train_ids), "numTest": len(test_ids),
@@ -282,7 +288,6 @@ class LungGeometry:
 
 
 DEFAULT_LUNG = LungGeometry()
-LUNG_PIXEL_SPACING_MM = 0.7  # the synthetic radiographs' pixel size: the real set's 0.0875 mm x 8
 TINY_LUNG = LungGeometry(long_side=(80, 100))
 
 # Lung outlines in thorax units: x from -1 (image left, patient right) to 1, y from 0 (apex)
@@ -416,8 +421,9 @@ def write_lung_set(dataset_dir, n_cases: int = 80, seed: int = 0,
     :func:`write_prostate_set` (``TINY_LUNG``: fast tests). About a third of the cases get the
     ``_1`` suffix the real set uses for abnormal readings."""
     folders = ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask", "ClinicalReadings")
-    readme = ("Synthetic chest X-rays in the Montgomery County set layout (labkit.data.phantoms).\n"
-              f"Pixel spacing: {LUNG_PIXEL_SPACING_MM} mm in both directions.\n")
+    readme = ("Synthetic chest X-rays in the Montgomery County set layout "
+              "(data_scripts/phantoms.py).\n"
+              f"Pixel spacing: {SYNTHETIC_PIXEL_SPACING_MM} mm in both directions.\n")
     return _write_set(dataset_dir, folders, {"README.txt": readme}, _write_lung_case,
                       [(number, seed, geometry) for number in range(1, n_cases + 1)], workers,
                       progress)

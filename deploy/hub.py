@@ -6,10 +6,11 @@ Each account (a class list or N students, and the instructor) signs in with its 
 ``LABKIT_DATA`` is one shared data copy, ``LABKIT_RUNS`` is ``~/runs``. As root every account is
 a system account running its own server: students cannot read each other's homes; the
 instructor's group can. As anyone else students are separated by folders only. JupyterHub's
-side is ``deploy/jupyterhub_config.py`` and ``deploy/start_user_server.py``.
+side is ``jupyterhub_config.py`` and ``start_user_server.py`` beside this script. It is a script,
+not part of labkit (the notebooks never import it); it imports labkit from this checkout.
 
-    sudo .venv/bin/python -m labkit.hub --accounts 20 --ip 0.0.0.0 --ssl-cert c.pem --ssl-key k.pem
-    sudo .venv/bin/python -m labkit.hub --remove-accounts   # the accounts, their homes, the grants
+    sudo .venv/bin/python deploy/hub.py --accounts 20 --ip 0.0.0.0 --ssl-cert c.pem --ssl-key k.pem
+    sudo .venv/bin/python deploy/hub.py --remove-accounts   # the accounts, their homes, the grants
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labkit.paths import data_root, project_root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from labkit.paths import data_root, project_root  # noqa: E402
 
 GROUP = "labkit-hub"  # every account the hub makes; only it gets the traverse grants below
 MARK = "labkit hub account"  # the comment field of those accounts: nobody else's is reused
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ACL = "system.posix_acl_access"
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parent
 # GPU memory (GB) one student needs in each profile, the larger lab: estimates, deploy/README.md
 STUDENT_GPU_GB = {"gpu": 8.0, "cpu": 1.4, "smoke": 1.1}
 
@@ -46,7 +49,7 @@ class HubError(Exception):
 
 def parse_args(argv):
     root = project_root()
-    p = argparse.ArgumentParser(prog="python -m labkit.hub", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="deploy/hub.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=root / "hub", help="state, passwords and homes")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--accounts", type=int, default=10, help="students student01..studentNN")
@@ -292,7 +295,7 @@ def describe(settings: dict) -> str:
     text = (f"labkit hub: {s['bind_url']}  students {', '.join(s['students'])}; admin "
             f"{s['instructor']}\n  passwords: {homes.parent / 'passwords.txt'} (only you can read "
             f"it: hand each student their line)\n  GPUs -> profile: {', '.join(shares)}\n"
-            f"  results board: {sys.executable} -m labkit.class_results {homes}")
+            f"  results board: {sys.executable} {DEPLOY / 'class_results.py'} {homes}")
     if s["grants"]:
         text += (f"\n  opened to the hub's accounts (execute only; --remove-accounts closes them): "
                  f"{', '.join(s['grants'])}")

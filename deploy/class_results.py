@@ -4,11 +4,12 @@ Each argument is a ``metrics.json``, a run folder, or any folder holding run fol
 ``runs/``, or the hub's ``homes/`` with everyone's). The page (HTML, large type for a projector)
 shows Dice by experiment variant, training time and device, one row per run. A file that cannot
 be read or is not a labkit run record is listed under "Skipped" with the reason; it never stops
-the board.
+the board. It is a script beside ``deploy/hub.py``, not part of labkit (the notebooks never
+import it); it imports labkit from this checkout.
 
 Example::
 
-    .venv/bin/python -m labkit.class_results hub/homes --out class_results.html
+    .venv/bin/python deploy/class_results.py hub/homes --out class_results.html
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 SHOWN = ("lab", "profile", "device", "validation_dice")  # what a row cannot do without
 
@@ -160,7 +163,7 @@ td:nth-child(n+6) {{ text-align: right; }} img {{ max-width: 100%; }}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.class_results",
+    parser = argparse.ArgumentParser(prog="deploy/class_results.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="metrics.json files or folders")
     parser.add_argument("--out", type=Path, default=Path("class_results.html"))
