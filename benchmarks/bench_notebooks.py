@@ -5,7 +5,8 @@ kernel) with run folders in a temporary ``LABKIT_RUNS``: once with the live boar
 bars drawn as in JupyterLab (``--live``), once headless, alternating which goes first. Nothing
 is changed for the benchmark: the notebook's own thread policy, prefetching, epochs and
 experiments. The main run's ``history.json`` gives the learning curve (validation Dice against
-the training seconds a student waits) and the epoch times with and without the board.
+the training seconds a student waits) and the epoch times with and without the board. The
+executed notebooks and the runs' JSON records are kept in ``build/bench-notebooks/``.
 
     .venv/bin/python benchmarks/bench_notebooks.py --result /tmp/nb.json --config '{"profiles": ["smoke"]}'
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,6 +67,7 @@ def run_one(lab: str, notebook: Path, profile: str, live: bool, data_root=None) 
                    status="ok" if done.returncode == 0 else "failed")
         if done.returncode != 0:
             row["error"] = (done.stderr or done.stdout)[-1500:]
+        keep(Path(folder), REPOSITORY / "build" / "bench-notebooks" / f"{lab}-{profile}-{row['board']}")
         main = Path(folder) / "runs" / f"{lab}-{profile}-baseline" / "metrics.json"
         if main.is_file():
             record = json.loads(main.read_text(encoding="utf-8"))
@@ -80,6 +83,15 @@ def run_one(lab: str, notebook: Path, profile: str, live: bool, data_root=None) 
                                   history.get("epoch", []), history.get("train_dice", []),
                                   history.get("validation_dice", []), strict=False))])
     return row
+
+
+def keep(folder: Path, to: Path) -> None:
+    """Copy the executed notebook and the runs' JSON records to ``to`` (read them after the run)."""
+    shutil.rmtree(to, ignore_errors=True)
+    for path in [*folder.glob("out/**/*.ipynb"), *folder.glob("runs/*/*.json")]:
+        target = to / path.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
 
 
 def targets(rows: list[dict]) -> list[dict]:

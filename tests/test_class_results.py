@@ -7,6 +7,8 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 import class_results  # noqa: E402
 
@@ -107,3 +109,13 @@ def test_student_and_variant_come_from_the_folders(tmp_path):
     run = class_results.read_run(path)
     assert (run.student, run.variant, run.device) == (tmp_path.name, "groupnorm-lr3", "gpu")
     assert run.dice == 0.9 - 0.01 and run.minutes == 1.5
+
+
+@pytest.mark.parametrize("module", ["labkit.class_results", "labkit.hub"])
+def test_the_module_names_start_the_deploy_scripts(module):
+    """``python -m labkit.hub`` / ``labkit.class_results`` (the names issue 18 documents) run deploy/."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"usage: deploy/{module.split('.')[1]}.py" in done.stdout

@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> dict:
     local_batch = settings.batch_size * local_replicas
     train_batches = BatchIterator(splits["train"], local_batch, each_epoch=[Shuffle()], shuffle=False,
                                   each_batch=[] if args.no_augment else lab.augmentation, drop_last=True,
-                                  rank=workers.index, world_size=workers.count, prefetch=2, **options)
+                                  rank=workers.index, world_size=workers.count, **options,
+                                  prefetch=2 if tf.config.list_physical_devices("GPU") else 0)  # as the notebook
     if len(train_batches) == 0:
         raise TrainError(f"{len(splits['train'])} training cases cannot fill one step of {local_batch} "
                          "cases on this worker; lower --batch-size or use fewer devices")

@@ -116,7 +116,7 @@ def make_batches(lab, profile, rank: Rank, device, augment: bool = True) -> tupl
     splits = profile.limit(prostate.load_splits(), "vnet")
     chain = prostate.preprocessing(spacing=settings.spacing, size=settings.image_size, labels="whole")
     shard = dict(rank=rank.rank, world_size=rank.world_size, progress=False)
-    prefetch = 2 if rank.world_size == 1 or device.type == "cuda" else 0  # as the notebook
+    prefetch = 2 if device.type == "cuda" else 0  # as the notebook: on a CPU it competes for the cores
     made = {}
     for turn in (True, False):
         if (rank.local_rank == 0) == turn:
