@@ -217,7 +217,7 @@ def test_nifti_path_is_read_channel_first_with_its_spacing(tmp_path):
     (lambda: plot_slices(np.zeros(SHAPE), overlay="outline"), "overlay='contour'"),
     (lambda: plot_slices(np.zeros(SHAPE), window=(1, 0)), "low < high"),
     (lambda: plot_slices(np.zeros(SHAPE), spacing=(1, 0, 1)), "positive sizes"),
-    (lambda: plot_slices("no/such/file.nii.gz"), "no/such/file.nii.gz: no such file"),
+    (lambda: plot_slices("no/such/file.nii.gz"), "no/such/file.nii.gz: file not found"),
 ])
 def test_bad_input_says_what_to_do(call, words):
     with pytest.raises(DataError) as error:

@@ -73,9 +73,6 @@ def plot_curves(history: dict, axes=None, *, metrics: Sequence[str] | None = Non
         title: figure title.
         eta: a short text (e.g. ``"ETA 0:02:10"``) written at the top right.
 
-    Returns:
-        The figure.
-
     Example:
         >>> fig = plot_curves({"epoch": [0, 1], "train_loss": [0.9, 0.7], "validation_loss": [0.95, 0.8]})
     """
@@ -349,12 +346,8 @@ def _draw_picture(ax, image, label, prob, epoch) -> None:
 
 
 def _as_float(key: str, value) -> float:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-    if hasattr(value, "numpy"):
-        value = value.numpy()
     try:
-        return float(np.asarray(value).reshape(()))
+        return float(to_numpy(value).reshape(()))
     except (TypeError, ValueError) as error:
         raise data_error(None, f"{key}={value!r} is not a single number",
                         f"pass {key} as a float, e.g. loss.item()") from error

@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from labkit.viz.display import new_figure
 from labkit.viz.inputs import as_mask, data_error, to_numpy
-from labkit.viz.slices import LABEL_COLOURS, PRED_COLOURS, default_window
+from labkit.viz.slices import LABEL_COLOURS, PRED_COLOURS, default_window, mask_rgba
 
 ERROR_COLOURS = {"true positive": "#00c800", "false positive": "#ff3030", "false negative": "#2f7fff"}
 
@@ -106,26 +105,14 @@ def _draw_row(axes, columns, image, label, pred, alpha):
     for ax, column in zip(axes, columns, strict=True):
         ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
         if column == "truth":
-            ax.imshow(_fill(label > 0, LABEL_COLOURS[0], alpha), interpolation="nearest")
+            ax.imshow(mask_rgba(label > 0, LABEL_COLOURS, alpha), interpolation="nearest")
         elif column == "prediction":
-            ax.imshow(_fill(pred > 0, PRED_COLOURS[0], alpha), interpolation="nearest")
+            ax.imshow(mask_rgba(pred > 0, PRED_COLOURS, alpha), interpolation="nearest")
         elif column == "errors":
-            ax.imshow(_error_rgba(error_map(label, pred), alpha + 0.2), interpolation="nearest")
+            codes, colours = error_map(label, pred), tuple(ERROR_COLOURS.values())
+            ax.imshow(mask_rgba(codes, colours, min(alpha + 0.2, 1.0)), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-
-
-def _fill(mask, colour, alpha):
-    rgba = np.zeros(mask.shape + (4,), dtype=np.float32)
-    rgba[mask] = to_rgba(colour, alpha)
-    return rgba
-
-
-def _error_rgba(codes, alpha):
-    rgba = np.zeros(codes.shape + (4,), dtype=np.float32)
-    for code, colour in enumerate(ERROR_COLOURS.values(), start=1):
-        rgba[codes == code] = to_rgba(colour, min(alpha, 1.0))
-    return rgba
 
 
 def _columns(labels, preds):
@@ -137,12 +124,9 @@ def _columns(labels, preds):
 
 
 def _row_name(name, label, pred):
-    if label is None or pred is None:
-        return name
-    truth, guess = label > 0, pred > 0
-    total = truth.sum() + guess.sum()
-    dice = 1.0 if total == 0 else 2.0 * (truth & guess).sum() / total
-    return f"{name}\nDice {dice:.3f}"
+    from labkit.metrics import dice
+
+    return name if label is None or pred is None else f"{name}\nDice {dice(pred > 0, label > 0):.3f}"
 
 
 def _as_image(image, name):

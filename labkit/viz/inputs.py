@@ -7,7 +7,6 @@ a :class:`labkit.data.errors.DataError` saying what was found and what to pass i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -15,11 +14,8 @@ MAX_CHANNELS = 16
 
 
 def data_error(path, problem: str, fix: str) -> ValueError:
-    """A :class:`labkit.data.errors.DataError` to raise.
-
-    Imported here, not at the top: ``labkit.data`` loads the whole data layer, which may itself
-    use ``labkit.viz`` (progress bars), so ``import labkit.viz`` stays light and cycle-free.
-    """
+    """A :class:`labkit.data.errors.DataError` to raise (imported here: ``import labkit.viz``
+    does not load the whole data layer)."""
     from labkit.data.errors import DataError
 
     return DataError(path, problem, fix)
@@ -39,26 +35,12 @@ def is_path(value) -> bool:
 
 
 def load_nifti(path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Read a NIfTI file, turned to the closest canonical (RAS) orientation.
+    """A NIfTI file's voxels, channel-first ``(C, X, Y, Z)`` and turned to RAS, and its spacing in mm."""
+    from labkit.data.arrays import reorient_to_canonical
+    from labkit.data.readers import read_nifti
 
-    Returns:
-        The voxels, channel-first for a 4D file (``(C, X, Y, Z)``), and the spacing in mm.
-    """
-    import nibabel
-
-    path = Path(path)
-    if not path.is_file():
-        raise data_error(path, "no such file", "check the path, or run `make data` to create the data set")
-    try:
-        nifti = nibabel.as_closest_canonical(nibabel.load(str(path)))
-        voxels = np.asanyarray(nifti.dataobj)
-    except Exception as error:  # nibabel raises several types for a damaged file
-        raise data_error(path, f"not a readable NIfTI file ({error})",
-                        "download or generate the file again") from error
-    if voxels.ndim == 4:
-        voxels = np.moveaxis(voxels, -1, 0)
-    spacing = tuple(float(size) for size in nifti.header.get_zooms()[:3])
-    return voxels, spacing
+    voxels, affine = reorient_to_canonical(*read_nifti(os.fspath(path)))
+    return voxels, tuple(float(size) for size in np.linalg.norm(affine[:3, :3], axis=0))
 
 
 def as_volume(image, name: str = "image") -> np.ndarray:
