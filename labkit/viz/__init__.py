@@ -3,9 +3,9 @@
 Pure matplotlib functions underneath (``plot_slices``, ``plot_errors``, ``plot_gallery``,
 ``plot_curves``, ``plot_variants``, ``plot_shape_trace``) that return a figure and work in a
 script or a test with the Agg backend; thin ipywidgets viewers on top (``SliceViewer``,
-``Gallery``, ``ThresholdViewer``) for JupyterLab; ``print_table`` for per-case results. When headless (``LABKIT_HEADLESS=1``, or
-no IPython kernel) nothing live is drawn: the viewers show one static figure, the training
-board prints one line per epoch and progress bars are silent.
+``Gallery``, ``ThresholdViewer``) for JupyterLab; ``print_table`` for per-case results. When
+headless (``LABKIT_HEADLESS=1``, or no IPython kernel) nothing live is drawn: the viewers show
+one static figure, the training board prints one line per epoch and progress bars are silent.
 
 Example:
     >>> from labkit.viz import show_volume, TrainingBoard, progress
@@ -23,21 +23,6 @@ from labkit.viz.slices import plot_slices
 from labkit.viz.tables import mean_of, print_table
 from labkit.viz.widgets import Gallery, SliceViewer, ThresholdViewer, show_gallery, show_volume
 
-__all__ = [
-    "is_headless",
-    "plot_slices",
-    "SliceViewer",
-    "show_volume",
-    "plot_gallery",
-    "Gallery",
-    "show_gallery",
-    "TrainingBoard",
-    "plot_curves",
-    "plot_variants",
-    "progress",
-    "plot_errors",
-    "ThresholdViewer",
-    "plot_shape_trace",
-    "print_table",
-    "mean_of",
-]
+__all__ = ["Gallery", "SliceViewer", "ThresholdViewer", "TrainingBoard", "is_headless", "mean_of",
+           "plot_curves", "plot_errors", "plot_gallery", "plot_shape_trace", "plot_slices",
+           "plot_variants", "print_table", "progress", "show_gallery", "show_volume"]

@@ -28,16 +28,8 @@ def in_kernel() -> bool:
 
 
 def is_headless() -> bool:
-    """Whether live drawing is off.
-
-    True when ``LABKIT_HEADLESS`` is set to anything but ``0``/``false``/``no``/``off``, or
-    when the code does not run inside an IPython kernel (a script, a test, a terminal).
-
-    Example:
-        >>> import os; os.environ["LABKIT_HEADLESS"] = "1"
-        >>> is_headless()
-        True
-    """
+    """Whether live drawing is off: ``LABKIT_HEADLESS`` is set to anything but
+    ``0``/``false``/``no``/``off``, or no IPython kernel runs this code (a script, a test)."""
     flag = os.environ.get("LABKIT_HEADLESS")
     if flag is not None and flag.strip().lower() not in _FALSE_WORDS:
         return True

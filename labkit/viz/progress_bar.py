@@ -13,14 +13,7 @@ _quiet_depth = 0
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Silence every :func:`progress` bar made inside this block (``Exercise.check`` uses it).
-
-    Example:
-        >>> with quiet():
-        ...     bar = progress(range(3))
-        >>> bar.disable
-        True
-    """
+    """Silence every :func:`progress` bar made inside this block (``Exercise.check`` uses it)."""
     global _quiet_depth
     _quiet_depth += 1
     try:

@@ -32,9 +32,6 @@ def plot_shape_trace(trace, links=()) -> Figure:
             picks the box colour.
         links: ``[(from name, to name), ...]`` drawn as dashed arcs above the boxes, e.g. the
             long skips ``("encoder 1", "+ kept 1")``.
-
-    Returns:
-        The figure.
     """
     steps = [(str(name), tuple(int(size) for size in shape)) for name, shape in trace]
     if not steps or any(len(shape) < 3 for _, shape in steps):

@@ -40,11 +40,6 @@ def default_window(volume: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
-def centre_index(shape: Sequence[int]) -> tuple[int, ...]:
-    """The middle voxel of a grid of ``shape``."""
-    return tuple(int(size) // 2 for size in shape)
-
-
 def default_index(shape: Sequence[int], *masks) -> tuple[int, int, int]:
     """Where to look first: per axis, the slice holding most of the first non-empty mask.
 
@@ -53,7 +48,7 @@ def default_index(shape: Sequence[int], *masks) -> tuple[int, int, int]:
     for mask in masks:
         if mask is not None and mask.any():
             return tuple(_widest_slice(mask > 0, axis) for axis in range(3))
-    return centre_index(shape)
+    return tuple(int(size) // 2 for size in shape)
 
 
 def _widest_slice(foreground: np.ndarray, axis: int) -> int:
@@ -88,9 +83,6 @@ def plot_slices(image, label=None, pred=None, spacing=None, index=None, channel=
         class_names: ``{class: name}`` for the legend (e.g. ``{1: "PZ", 2: "TZ"}``).
         label_colours: a colour per label class (1, 2, ...); greens and blues when None.
         label_name: the legend's word for the label's classes ("" for none).
-
-    Returns:
-        The figure holding the three views.
 
     Example:
         >>> fig = plot_slices(case["image"], case["label"], spacing=(0.6, 0.6, 3.6))

@@ -193,7 +193,6 @@ class SliceViewer(_Viewer):
                                               step=(high - low) / 200,
                                               description="window", continuous_update=False,
                                               readout_format=".3g", layout={"width": "60%"})
-
         return self._watch(control, "window", tuple)
 
     def __repr__(self) -> str:
