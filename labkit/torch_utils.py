@@ -1,12 +1,6 @@
 """PyTorch plumbing for Lab 1: device, seeding, mixed precision and atomic checkpoints.
 
-Only the V-Net lab imports this module (it imports torch at the top); ``import labkit``
-never does.
-
-Example:
-    >>> from labkit import torch_utils
-    >>> torch_utils.seed_everything(42)
-    >>> device = torch_utils.pick_device()
+Only the V-Net lab imports this module (it imports torch at the top); ``import labkit`` never does.
 """
 
 from __future__ import annotations
@@ -33,9 +27,6 @@ def pick_device(prefer: str | None = None) -> torch.device:
     Args:
         prefer: force a device ("cpu", "cuda", "cuda:1", "mps"); None chooses automatically.
 
-    Returns:
-        A ``torch.device``.
-
     Raises:
         ValueError: when ``prefer`` names a device this machine does not have.
     """
@@ -56,15 +47,11 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def cpu_threads(threads: int | None = None) -> int:
-    """Set how many threads PyTorch uses on the CPU (the course's policy); returns the number set.
+    """Set how many threads PyTorch uses on the CPU; returns the number set.
 
-    The policy is every core this process may use: ``make bench`` (threads section) runs the
-    notebook's own epoch with every core and with all but one, side by side, and every core was
-    faster for both labs. When other programs keep the cores busy, PyTorch's threads wait for
-    each other and an epoch can take several times longer: then pass ``threads=1``.
-
-    Args:
-        threads: the number of threads; None means every core this process may use.
+    The policy, chosen by ``make bench`` (threads section), is every core this process may use
+    (``threads=None``). When other programs keep the cores busy, PyTorch's threads wait for each
+    other and an epoch can take several times longer: then pass ``threads=1``.
     """
     if threads is None:
         try:
@@ -78,15 +65,10 @@ def cpu_threads(threads: int | None = None) -> int:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) and ask for deterministic kernels.
-
-    On the CPU the results are then bit-for-bit repeatable. On a GPU a few 3D kernels
-    (e.g. the transposed convolution's backward pass) have no deterministic version; they
-    are allowed with a warning instead of an error (``warn_only=True``).
-
-    Args:
-        seed: the seed.
-        deterministic: also switch PyTorch to deterministic algorithms.
+    """Seed Python, NumPy and PyTorch (all devices) and, when ``deterministic``, ask for
+    deterministic kernels: on the CPU the results are then bit-for-bit repeatable. On a GPU a few
+    3D kernels (e.g. the transposed convolution's backward pass) have no deterministic version;
+    they are allowed with a warning instead of an error (``warn_only=True``).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -98,15 +80,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def autocast(device: torch.device | str, enabled: bool = True):
-    """Mixed-precision context for the forward pass: float16 on CUDA, nothing elsewhere.
-
-    Args:
-        device: where the model runs.
-        enabled: False gives a context that does nothing (full float32).
-
-    Returns:
-        A context manager.
-    """
+    """Mixed-precision context for the forward pass on ``device``: float16 on CUDA when
+    ``enabled``, else a context that does nothing (full float32)."""
     device = torch.device(device)
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
@@ -114,9 +89,7 @@ def autocast(device: torch.device | str, enabled: bool = True):
 
 
 def save_checkpoint(path: str | os.PathLike, **state) -> Path:
-    """Write ``state`` (state dicts, epoch, history...) to ``path`` atomically.
-
-    The file appears under its final name only once it is complete, so a kernel killed
+    """Write ``state`` (state dicts, epoch, history...) to ``path`` atomically: a kernel killed
     mid-save leaves the previous checkpoint intact.
 
     Example:
