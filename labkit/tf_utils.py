@@ -1,18 +1,14 @@
 """TensorFlow helpers for Lab 2: GPU memory growth, seeding, mixed precision, checkpoints.
 
 Imported only by the Lab 2 notebook and its tests (``import labkit`` never imports TensorFlow).
-
-Example:
-    >>> from labkit import tf_utils
-    >>> info = tf_utils.configure(seed=42)            # doctest: +SKIP
-    >>> manager = tf_utils.save_checkpoint("runs/x", net=net, optimizer=optimizer, epoch=epoch)  # doctest: +SKIP
-    >>> tf_utils.restore_checkpoint("runs/x", net=net, optimizer=optimizer, epoch=epoch)         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +50,7 @@ def configure(seed: int, mixed_precision: bool = False, xla: bool = False) -> TF
         mixed_precision: float16 compute with float32 weights (``mixed_float16`` policy), GPU only.
         xla: whether the training step should be compiled with XLA (``jit_compile``), GPU only.
 
-    Returns:
-        A :class:`TFSetup` saying what is on; ``str()`` of it is a one-line summary.
+    Returns a :class:`TFSetup` saying what is on; ``str()`` of it is a one-line summary.
     """
     import keras
 
@@ -102,32 +97,19 @@ def _trackables(objects: dict) -> dict:
     return found
 
 
-def _manager(folder: str | os.PathLike, max_to_keep: int, **objects) -> tf.train.CheckpointManager:
-    if not objects:
-        raise ValueError("nothing to checkpoint: pass the objects as keywords, e.g. net=net, optimizer=optimizer")
-    checkpoint = tf.train.Checkpoint(**_trackables(objects))
-    directory = Path(folder) / CHECKPOINT_FOLDER
-    return tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=max_to_keep)
-
-
 def save_checkpoint(folder: str | os.PathLike, number: int | None = None, max_to_keep: int = 2,
                     **objects) -> Path:
-    """Save ``objects`` (a model, an optimizer, a ``tf.Variable`` epoch...) under ``folder/checkpoints``.
+    """Save ``objects`` (a model, an optimizer, a ``tf.Variable`` epoch...) under
+    ``folder/checkpoints`` as checkpoint ``number`` (default: one more than the newest), keeping
+    the ``max_to_keep`` newest; returns the new checkpoint's path prefix.
 
-    TensorFlow writes the data files first and then atomically replaces the small
-    ``checkpoint`` index file that names the latest save, so an interrupted save leaves the
-    previous checkpoint in use. Only the ``max_to_keep`` newest saves are kept.
-
-    Args:
-        folder: the run folder.
-        number: the checkpoint's number (e.g. the epoch); default one more than the newest.
-        max_to_keep: how many saves to keep.
-        **objects: what to save, by name.
-
-    Returns:
-        The path prefix of the new checkpoint.
+    TensorFlow writes the data files first and then atomically replaces the small ``checkpoint``
+    index file that names the latest save, so an interrupted save leaves the previous one in use.
     """
-    manager = _manager(folder, max_to_keep, **objects)
+    if not objects:
+        raise ValueError("nothing to checkpoint: pass the objects as keywords, e.g. net=net, optimizer=optimizer")
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(**_trackables(objects)),
+                                         str(Path(folder) / CHECKPOINT_FOLDER), max_to_keep=max_to_keep)
     if number is None:
         latest = latest_checkpoint(folder)
         number = int(latest.name.rsplit("-", 1)[-1]) + 1 if latest else 1
@@ -141,17 +123,12 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 
 
 def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
-    """Restore ``objects`` from the newest checkpoint under ``folder/checkpoints``.
+    """Restore ``objects`` from the newest checkpoint under ``folder/checkpoints``; its path, or
+    None when the folder has none (a fresh run). A checkpoint that does not fit the objects
+    (another model or settings) is a :class:`CheckpointError` naming the folder.
 
     The objects must be built (call the model once on a batch, ``optimizer.build(variables)``)
     so every variable exists, including batch-norm statistics and optimizer moments.
-
-    Returns:
-        The restored checkpoint's path, or None when the folder has none (a fresh run).
-
-    Raises:
-        ValueError: when the checkpoint does not fit the objects (another model or settings),
-            naming the folder and what to do.
     """
     path = latest_checkpoint(folder)
     if path is None:
@@ -161,16 +138,12 @@ def restore_checkpoint(folder: str | os.PathLike, **objects) -> Path | None:
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise CheckpointError(
-            f"{path}: this checkpoint does not fit the model being trained ({_first_line(error)}). "
+            f"{path}: this checkpoint does not fit the model being trained "
+            f"({(str(error).strip().splitlines() or [type(error).__name__])[0][:200]}). "
             f"It was written by another model or other settings: choose another RUN_NAME or "
             f"delete {Path(folder) / CHECKPOINT_FOLDER}."
         ) from None
     return path
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def count_parameters(net) -> int:
@@ -207,9 +180,6 @@ class Checkpoint:
         With ``folder`` None (a worker other than the chief of a multi-worker run) the save
         goes to a temporary folder that is then deleted: every worker must take part.
         """
-        import shutil
-        import tempfile
-
         self.epochs.assign(epochs)
         if folder is None:
             scratch = tempfile.mkdtemp(prefix="labkit-worker-")
@@ -232,8 +202,6 @@ class Checkpoint:
         return True
 
     def clear(self, folder) -> None:
-        import shutil
-
         shutil.rmtree(Path(folder) / CHECKPOINT_FOLDER, ignore_errors=True)
         (Path(folder) / self.BEST).unlink(missing_ok=True)
 
