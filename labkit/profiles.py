@@ -1,12 +1,5 @@
-"""Run profiles: how big, how long, on what.
-
-=======  ============================  ==========================================
-profile  for                           budget
-=======  ============================  ==========================================
-smoke    CI and nbval                  a whole notebook in about 2 min on 2 cores
-cpu      a student laptop, no GPU      visibly learns in about 10 min on 2 cores
-gpu      a workshop GPU                the seeds' full settings
-=======  ============================  ==========================================
+"""Run profiles: how big, how long, on what (``smoke`` for CI and nbval, ``cpu`` for a student
+laptop, ``gpu`` for a workshop GPU; ``DESCRIPTIONS`` gives each one's budget).
 
 ``get_profile()`` takes ``LABKIT_PROFILE`` when set, else ``gpu`` when an NVIDIA GPU is
 visible, else ``cpu``. Detection reads the driver's files and never imports a framework.
@@ -17,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROFILE_NAMES = ("smoke", "cpu", "gpu")
@@ -62,9 +55,6 @@ class Profile:
     seed: int = 42
     extra: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def limit(self, splits: dict, lab: str) -> dict:
         """``splits`` with at most the lab's ``max_cases`` cases in each (all when None)."""
         cap = getattr(self, lab).max_cases
@@ -107,7 +97,7 @@ CFCM_SETTINGS = {
 }
 
 DESCRIPTIONS = {
-    "smoke": "tiny sizes, 1-2 epochs: checks that everything runs (CI, nbval)",
+    "smoke": "tiny sizes, 1-2 epochs: checks in about 2 minutes that everything runs (CI, nbval)",
     "cpu": "reduced sizes that learn in about 10 minutes on a 2-core laptop",
     "gpu": "the original settings, for a workshop GPU",
 }
