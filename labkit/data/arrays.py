@@ -51,9 +51,9 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing, order: int = 1):
     Returns ``(float32 array, affine)``.
 
     An axis-aligned input (every case after reorientation, unless oblique) is resampled one axis
-    at a time (:func:`separable_resample`): the values of ``ndimage.affine_transform``, several
-    times faster. A first run waits for it: it keeps the cold preparation that ``make bench``
-    times (data section) within its target. Oblique inputs go through ``affine_transform``.
+    at a time (:func:`separable_resample`): the values of ``ndimage.affine_transform``, faster
+    (``make bench``, data section, holds the cold preparation to its target). Oblique inputs go
+    through ``affine_transform``.
     """
     target_shape, target_affine = resampled_grid(array.shape[-3:], affine, spacing)
     matrix = np.linalg.inv(affine) @ target_affine  # target voxel -> source voxel
@@ -114,9 +114,8 @@ def affine_in_plane(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, o
 
     Every (x, y) plane shares one set of source positions: the output is a weighted sum of 4
     gathers of whole z columns (1 for nearest), then the third axis is resampled on its own. The
-    augmentation runs on every batch, in the thread that prefetches batches while a network
-    trains: ``make bench`` (data section, iterator overhead) shows a CPU training epoch measurably
-    longer with ``ndimage.affine_transform`` there. Same values (``tests/test_data_transforms.py``).
+    values are ``affine_transform``'s (``tests/test_data_transforms.py``), faster: augmentation
+    runs on every batch (``make bench``, data section, iterator overhead).
     """
     array = np.asarray(array, dtype=np.float32)
     dims = len(offset)

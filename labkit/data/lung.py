@@ -6,15 +6,9 @@ On disk (real or synthetic, the reader cannot tell)::
     MontgomerySet/ManualMask/leftMask/MCUCXR_0001_0.png   patient's left lung, 0/255
     MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png  patient's right lung, 0/255
 
-Preprocessing, read top to bottom (Lab 2 shows this list)::
-
-    load (grayscale, [0, 1]) -> fuse left + right masks into one label
-         -> cut black padding -> resize to `size` -> stretch contrast to [0, 1]
-
-Evaluation goes back the other way: :func:`load_original` reads a case as it is on disk (and
-where the padding was cut), :func:`to_original_grid` puts a prediction made on the network's
-grid back on the radiograph's own pixels, and :func:`pixel_spacing` says how many millimetres
-one of them is, so distances come out in mm.
+Evaluation goes back the other way: :func:`load_original` reads a case as it is on disk,
+:func:`to_original_grid` puts a prediction back on the radiograph's own pixels, and
+:func:`pixel_spacing` gives their size, so distances come out in mm.
 """
 
 from __future__ import annotations
@@ -78,15 +72,9 @@ def load_splits(root=None, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
 
 
 def preprocessing(size=(256, 256)) -> list:
-    """The transforms from file paths to network-ready arrays.
-
-    Args:
-        size: pixels fed to the network (height, width).
-
-    Returns:
-        A list of transforms; image ends as ``(H, W)`` float32 in [0, 1], label ``(H, W)``
-        float32 in {0, 1}.
-    """
+    """The transforms from file paths to network-ready arrays of ``size`` (height, width), read
+    top to bottom (Lab 2 shows this list): image ``(H, W)`` float32 in [0, 1], label ``(H, W)``
+    float32 in {0, 1}."""
     return [
         LoadPNG(["image", "left", "right"]),
         FuseMasks("left", "right", out="label"),
@@ -108,15 +96,9 @@ def pixel_spacing(root=None) -> tuple[float, float]:
 
 
 def load_original(case: dict) -> dict:
-    """A case as read from disk, before any cropping or resizing.
-
-    Args:
-        case: a case of :func:`list_cases` (paths).
-
-    Returns:
-        ``{'id', 'image'`` (H, W) float32 in [0, 1], ``'label'`` (H, W) bool (both lungs),
-        ``'box'`` (row slice, column slice): the part the preprocessing keeps after cutting the
-        black padding}.
+    """A case of :func:`list_cases` as read from disk, before any cropping or resizing:
+    ``{'id', 'image'`` (H, W) float32 in [0, 1], ``'label'`` (H, W) bool (both lungs), ``'box'``
+    (row slice, column slice): the part the preprocessing keeps after cutting the black padding}.
 
     Example:
         >>> original = load_original(test_cases[0])             # doctest: +SKIP
@@ -131,17 +113,13 @@ def load_original(case: dict) -> dict:
 
 
 def to_original_grid(prob, original: dict) -> np.ndarray:
-    """A probability map on the network's grid, back on the radiograph's own grid.
-
-    Undoes the preprocessing: resized (linear interpolation) to the cropped part of the
-    radiograph, then placed where that part was; the cut padding gets 0.
+    """A probability map on the network's grid, back on the radiograph's own (H, W) grid: resized
+    (linear) to the part of the radiograph the preprocessing kept, placed where that part was, the
+    cut padding 0; threshold the float32 result at 0.5 for a mask.
 
     Args:
         prob: (h, w) lung probabilities from the network.
         original: what :func:`load_original` returned for the same case.
-
-    Returns:
-        (H, W) float32 probabilities on the radiograph's pixels; threshold at 0.5 for a mask.
     """
     rows, columns = original["box"]
     out = np.zeros(original["image"].shape, np.float32)

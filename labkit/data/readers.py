@@ -94,12 +94,9 @@ def read_nifti(path: str, channels: int | None = None, max_mb: float = MAX_VOLUM
 
 
 def _whole_file(path: str, image):
-    """``image`` with its voxels decompressed from the whole ``.nii.gz`` file at once.
-
-    Decompressing is about half of a cold preparation; ISA-L's gzip (the ``isal`` package) does
-    it in one call, much faster than the zlib stream nibabel reads through. A first run waits for
-    it: it keeps the cold preparation that ``make bench`` times (data section) within its target.
-    """
+    """``image`` with its voxels decompressed from the whole ``.nii.gz`` file at once: ISA-L's gzip
+    (the ``isal`` package) does it in one call, faster than the zlib stream nibabel reads through
+    (decompressing is a large part of a cold preparation, which ``make bench`` times)."""
     if not path.endswith(".nii.gz"):
         return image
     try:
