@@ -45,12 +45,8 @@ def metrics_in(history: dict) -> list[str]:
 
 
 def best_epoch(history: dict) -> tuple[int, str, float] | None:
-    """The best validation epoch: :func:`labkit.runs.best_epoch` (highest validation Dice), else
-    the lowest validation loss.
-
-    Returns:
-        ``(epoch, key, value)``, or None when the history has no validation values yet.
-    """
+    """The best validation epoch as ``(epoch, key, value)``: :func:`labkit.runs.best_epoch`
+    (highest validation Dice), else the lowest validation loss; None without validation values."""
     epoch = runs.best_epoch(history)
     if epoch is not None:
         return epoch, "validation_dice", float(history["validation_dice"][history["epoch"].index(epoch)])

@@ -5,10 +5,6 @@ per step, coarse stage first, as ``labkit.exercises.cfcm.memory_trace`` records 
 :func:`plot_memory` draws one step; :func:`show_memory` puts a slider over the steps in
 JupyterLab, and headless shows :func:`plot_memory_overview`, the first and last step of every
 stage, instead.
-
-Example:
-    >>> trace = ex.memory_trace(net, image)                 # doctest: +SKIP
-    >>> show_memory(trace, image, title="MCUCXR_0001_0")    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from labkit.viz.display import figure_to_png, in_kernel, is_headless, new_figure, show_static
+from labkit.viz.display import figure_to_png, is_headless, new_figure, show_static
 from labkit.viz.inputs import data_error
 
 
@@ -93,7 +89,7 @@ def plot_memory_overview(trace, image, title: str | None = None) -> Figure:
 def show_memory(trace, image, title: str | None = None) -> None:
     """A slider over the steps (ipywidgets) in JupyterLab; the overview figure when headless."""
     _check(trace)
-    if is_headless() or not in_kernel():
+    if is_headless():
         show_static(plot_memory_overview(trace, image, title))
         return
     import ipywidgets

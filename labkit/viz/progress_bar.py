@@ -24,17 +24,11 @@ def quiet() -> Iterator[None]:
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None,
              leave: bool = False, **options):
-    """Wrap ``iterable`` in a ``tqdm.auto`` bar, disabled when headless or inside :func:`quiet`.
+    """Wrap ``iterable`` in a ``tqdm.auto`` bar, disabled when headless or inside :func:`quiet`
+    (a disabled bar still iterates and has every tqdm method; it just draws nothing).
 
-    A disabled bar still iterates and has every tqdm method (``update``, ``set_postfix``, ...);
-    it just draws nothing.
-
-    Args:
-        iterable: what to loop over; None for a bar moved by hand with ``bar.update(n)``.
-        total: the number of steps when ``len(iterable)`` does not exist.
-        desc: a short label in front of the bar (e.g. ``"epoch 3"``).
-        leave: keep the finished bar on screen.
-        **options: more tqdm options (``unit="case"``, ...).
+    The arguments are tqdm's: ``desc`` a label in front of the bar (``"epoch 3"``), ``iterable``
+    None for a bar moved by hand with ``bar.update(n)``, ``leave`` to keep the finished bar.
 
     Example:
         >>> for batch in progress(batches, desc="train"):

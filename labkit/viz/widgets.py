@@ -136,8 +136,13 @@ class SliceViewer(_Viewer):
     def _controls(self, ipywidgets) -> list:
         sliders = [self._index_slider(ipywidgets, plane) for plane in reversed(PLANES)]
         window = self._window_control(ipywidgets)
-        top = [self._channel_control(ipywidgets, window), self._overlay_control(ipywidgets),
-               self._opacity_control(ipywidgets)]
+        overlay = ipywidgets.Dropdown(options=[*OVERLAYS, OVERLAY_OFF], value=self.overlay,
+                                      description="overlay", layout={"width": "200px"},
+                                      disabled=self.label is None and self.pred is None)
+        opacity = ipywidgets.FloatSlider(value=self.alpha, min=0.0, max=1.0, step=0.05,
+                                         description="opacity", continuous_update=False)
+        top = [self._channel_control(ipywidgets, window), self._watch(overlay, "overlay"),
+               self._watch(opacity, "alpha", float)]
         return [ipywidgets.HBox(top), ipywidgets.HBox(sliders), window]
 
     def _index_slider(self, ipywidgets, plane):
@@ -171,18 +176,6 @@ class SliceViewer(_Viewer):
 
         control.observe(chosen, names="value")
         return control
-
-    def _overlay_control(self, ipywidgets):
-        options = list(OVERLAYS) + [OVERLAY_OFF]
-        control = ipywidgets.Dropdown(options=options, value=self.overlay, description="overlay",
-                                      disabled=self.label is None and self.pred is None,
-                                      layout={"width": "200px"})
-        return self._watch(control, "overlay")
-
-    def _opacity_control(self, ipywidgets):
-        control = ipywidgets.FloatSlider(value=self.alpha, min=0.0, max=1.0, step=0.05,
-                                         description="opacity", continuous_update=False)
-        return self._watch(control, "alpha", float)
 
     def _window_control(self, ipywidgets):
         """A (low, high) range slider: its centre is the level, its length the width."""
