@@ -95,14 +95,18 @@ def source_of(case: dict, key: str) -> str:
     return meta.get("path") or str(case.get("id", "<case>"))
 
 
-def _move(case: dict, key: str, move) -> None:
-    """``case[key], grid = move(case[key], grid)``, the grid affine kept in ``<key>_meta``."""
-    meta = case.get(f"{key}_meta")
-    if not meta:
-        raise DataError(None, f"case {case.get('id')!r} has no '{key}_meta' (no affine)",
-                        "load the volume with LoadNifti before moving voxels")
-    case[key], affine = move(case[key], meta.get("grid_affine", meta["affine"]))
-    case[f"{key}_meta"] = dict(meta, grid_affine=np.asarray(affine, dtype=float))
+def _moved(case: dict, keys, move) -> dict:
+    """A new case with ``case[key], grid = move(case[key], grid)`` for each key, the grid affine
+    kept in ``<key>_meta``."""
+    case = dict(case)
+    for key in keys:
+        meta = case.get(f"{key}_meta")
+        if not meta:
+            raise DataError(None, f"case {case.get('id')!r} has no '{key}_meta' (no affine)",
+                            "load the volume with LoadNifti before moving voxels")
+        case[key], affine = move(case[key], meta.get("grid_affine", meta["affine"]))
+        case[f"{key}_meta"] = dict(meta, grid_affine=np.asarray(affine, dtype=float))
+    return case
 
 
 class Reorient(Transform):
@@ -112,10 +116,7 @@ class Reorient(Transform):
         self.keys = key_tuple(keys)
 
     def __call__(self, case):
-        case = dict(case)
-        for key in self.keys:
-            _move(case, key, arrays.reorient_to_canonical)
-        return case
+        return _moved(case, self.keys, arrays.reorient_to_canonical)
 
 
 class Resample(Transform):
@@ -126,10 +127,7 @@ class Resample(Transform):
         self.order = int(order)
 
     def __call__(self, case):
-        case = dict(case)
-        for key in self.keys:
-            _move(case, key, lambda array, grid: arrays.resample(array, grid, self.spacing, self.order))
-        return case
+        return _moved(case, self.keys, lambda array, grid: arrays.resample(array, grid, self.spacing, self.order))
 
 
 class NormalizeIntensity(Transform):
@@ -154,12 +152,11 @@ class CropOrPad(Transform):
         return arrays.crop_or_pad(array, self.size), grid @ shift
 
     def __call__(self, case):
-        case = dict(case)
         for key in self.keys:
             if f"{key}_meta" in case and len(self.size) == 3:  # a volume: its grid moves too
-                _move(case, key, self._crop)
+                case = _moved(case, [key], self._crop)
             else:
-                case[key] = arrays.crop_or_pad(case[key], self.size)
+                case = {**case, key: arrays.crop_or_pad(case[key], self.size)}
         return case
 
 
