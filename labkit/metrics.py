@@ -1,9 +1,5 @@
-"""Segmentation metrics on binary masks (numpy / scipy only).
-
-* ``dice``: overlap, 2|P ∩ T| / (|P| + |T|), in [0, 1].
-* ``hausdorff95``: the 95th percentile of surface-to-surface distances, both directions
-  pooled, in mm (robust to a few stray voxels, unlike the plain Hausdorff distance).
-* ``mean_surface_distance``: the mean of the same distances, in mm.
+"""Segmentation metrics on binary masks (numpy / scipy only): ``dice``, ``hausdorff95`` and
+``mean_surface_distance``.
 
 Distances come from Euclidean distance transforms that take the voxel ``spacing`` into
 account, so an anisotropic MRI grid gives millimetres, not voxels. A surface voxel is a
@@ -36,7 +32,7 @@ def _pair(pred, truth):
 
 
 def dice(pred, truth) -> float:
-    """Dice overlap of two binary masks (values > 0.5 count as foreground).
+    """Dice overlap 2|P ∩ T| / (|P| + |T|) of two binary masks (values > 0.5 count as foreground).
 
     Example:
         >>> dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))
@@ -87,10 +83,11 @@ def _distance_summary(pred, truth, spacing, summary) -> float:
 
 
 def hausdorff95(pred, truth, spacing=None) -> float:
-    """95th percentile symmetric surface distance in mm (see module notes on empty masks)."""
+    """95th percentile of the surface distances of both directions, in mm: robust to a few stray
+    voxels, unlike the plain Hausdorff distance (see the module notes on empty masks)."""
     return _distance_summary(pred, truth, spacing, lambda d: np.percentile(d, 95))
 
 
 def mean_surface_distance(pred, truth, spacing=None) -> float:
-    """Mean symmetric surface distance in mm (see module notes on empty masks)."""
+    """Mean of the surface distances of both directions, in mm (see the module notes on empty masks)."""
     return _distance_summary(pred, truth, spacing, np.mean)
