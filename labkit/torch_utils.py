@@ -184,18 +184,11 @@ def peak_memory_mb(device) -> float | None:
 
 
 def time_steps(step, device, steps: int = 5) -> tuple[float, float | None]:
-    """Seconds per call of ``step`` (one training step) and the peak GPU memory it needs, in GB.
+    """Seconds per call of ``step()`` (one training step on ``device``), the mean of ``steps``
+    calls, and the peak GPU memory it needs in GB (None on a CPU).
 
-    The first call warms up (cuDNN chooses its kernels) and is not timed; on a GPU the clock
-    starts and stops on a synchronised device, so it measures the work, not the queueing of it.
-
-    Args:
-        step: a function that runs one training step.
-        device: where it runs; the memory is None on a CPU.
-        steps: timed calls after the warm-up.
-
-    Example:
-        >>> seconds, gigabytes = time_steps(lambda: train_one_epoch(net, [batch], ...), "cuda")  # doctest: +SKIP
+    A first call warms up (cuDNN chooses its kernels) and is not timed; on a GPU the clock starts
+    and stops on a synchronised device, so it measures the work, not the queueing of it.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
