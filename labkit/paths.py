@@ -58,11 +58,8 @@ def data_source(dataset_dir: Path) -> str:
 
 
 def run_dir(lab: str, name: str, root: Path | None = None) -> Path:
-    """A stable run folder ``<runs>/<lab>-<name>``, created if needed.
-
-    The same (lab, name) gives the same folder, so a notebook restarted after a crash finds
-    its checkpoints again.
-    """
+    """A stable run folder ``<runs>/<lab>-<name>``, created if needed: a notebook restarted after
+    a crash finds its checkpoints again."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{lab}-{name}").strip("-")
     path = (root or runs_root()) / safe
     path.mkdir(parents=True, exist_ok=True)

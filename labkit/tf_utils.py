@@ -156,11 +156,7 @@ class Checkpoint:
 
     ``checkpoints/`` holds the network, the optimiser and the epoch count after the last
     finished epoch (:func:`save_checkpoint`); ``best.weights.h5`` the network's weights at the
-    best validation epoch. Build the network and ``optimizer.build(...)`` first.
-
-    Args:
-        net: the Keras model.
-        optimizer: its optimiser.
+    best validation epoch. Build the network ``net`` and ``optimizer.build(...)`` first.
     """
 
     BEST = "best.weights.h5"

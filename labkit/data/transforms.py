@@ -1,9 +1,6 @@
-"""Every transform and array function in one place: ``from labkit.data.transforms import ...``.
-
-They live by what they hold (each module's ``__all__`` is re-exported here): ``arrays`` (numpy
-functions), ``wrappers`` (``Transform``, ``Compose`` and the dict wrappers), ``readers`` (files)
-and ``augment`` (deterministic transforms, their random twins, ``Shuffle``). A preparation chain
-is a list of them: ``Compose([LoadNifti(["image"]), Reorient(["image"]), ...])(case)``.
+"""Every transform and array function in one place: ``from labkit.data.transforms import ...``
+re-exports the ``__all__`` of ``arrays`` (numpy functions), ``wrappers`` (``Transform``,
+``Compose``, the dict wrappers), ``readers`` (files) and ``augment`` (augmentation, ``Shuffle``).
 """
 
 # ruff: noqa: F401, F403  (this module re-exports)

@@ -1,9 +1,5 @@
-"""A prediction's errors in their own colours on three planes of a volume.
-
-Hits (true positives) green, false positives (predicted, not in the truth) red, false negatives
-(missed) blue: the colours and the error map of :mod:`labkit.viz.gallery`, drawn by
-:func:`labkit.viz.slices.plot_slices`.
-"""
+"""A prediction's errors on three planes of a volume: the error map and colours of
+:mod:`labkit.viz.gallery`, drawn by :func:`labkit.viz.slices.plot_slices`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """A paged gallery of 2D images (chest X-rays): image, truth, prediction, error map; outlines.
 
-The error map shows agreement at a glance: true positives green, false positives (predicted,
-not in the truth) red, false negatives (missed) blue. :func:`plot_contours` draws the outlines
-of truth and prediction on each image instead (scikit-image's ``find_contours``), which shows a
-boundary error of a few pixels on a full-size radiograph.
+The error map shows true positives green, false positives (predicted, not in the truth) red,
+false negatives (missed) blue. :func:`plot_contours` outlines truth and prediction instead, which
+shows a boundary error of a few pixels on a full-size radiograph.
 """
 
 from __future__ import annotations

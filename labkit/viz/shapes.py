@@ -1,11 +1,4 @@
-"""A picture of tensor shapes on their way through an encoder-decoder, level by level.
-
-Example:
-    >>> trace = [("input", (1, 2, 64, 64, 32)), ("encoder 1", (1, 8, 64, 64, 32)),
-    ...          ("down 1", (1, 16, 32, 32, 16)), ("bottom", (1, 16, 32, 32, 16)),
-    ...          ("up 1", (1, 8, 64, 64, 32)), ("+ kept 1", (1, 8, 64, 64, 32))]
-    >>> fig = plot_shape_trace(trace)
-"""
+"""A picture of tensor shapes on their way through an encoder-decoder, level by level."""
 
 from __future__ import annotations
 
