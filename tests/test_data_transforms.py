@@ -107,10 +107,10 @@ def test_crop_or_pad_is_centred():
     assert out.shape == (2, 4, 8, 7) and out.sum() == 2 * 4 * 6 * 7
 
 
-def test_crop_black_border_and_resize():
+def test_black_border_box_and_resize():
     image = np.zeros((20, 30), np.float32)
     image[3:15, 5:25] = 0.5
-    assert T.crop_black_border(image).shape == (12, 20)
+    assert T.black_border_box(image) == (slice(3, 15), slice(5, 25))
     assert T.resize(np.ones((40, 30)), (10, 12), order=1).shape == (10, 12)
     label = np.zeros((40, 40), np.float32)
     label[10:30, 10:30] = 1

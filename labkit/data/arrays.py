@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["affine_in_plane", "black_border_box", "crop_black_border", "crop_or_pad",
-           "crop_or_pad_start", "fuse_masks", "map_labels", "normalize_intensity",
-           "reorient_to_canonical", "resample", "resample_axis", "resampled_grid", "resize",
-           "separable_resample"]
+__all__ = ["affine_in_plane", "black_border_box", "crop_or_pad", "crop_or_pad_start", "fuse_masks",
+           "map_labels", "normalize_intensity", "reorient_to_canonical", "resample", "resample_axis",
+           "resampled_grid", "resize", "separable_resample"]
 
 
 def reorient_to_canonical(array: np.ndarray, affine: np.ndarray):
@@ -202,12 +201,6 @@ def black_border_box(image: np.ndarray, threshold: float = 0.0):
     if rows.size == 0:
         return None
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def crop_black_border(image: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """Remove black padding (rows / columns whose every pixel is <= ``threshold``) of a 2D image."""
-    box = black_border_box(image, threshold)
-    return image if box is None else image[box]
 
 
 def resize(array: np.ndarray, size, order: int = 1) -> np.ndarray:
