@@ -1,10 +1,6 @@
-"""Reading, cleaning and inspecting the course notebooks (no kernel, no framework imports).
-
-The conventions are in docs/ARCHITECTURE.md (Notebooks): solution regions between
-``# BEGIN SOLUTION[: title]`` and ``# END SOLUTION`` lines, one exercise per code cell that has
-them (numbered in notebook order), check cells starting with ``# NBVAL_CHECK_OUTPUT`` (the only
-cells that keep outputs), cells tagged ``parameters``, ``setup`` and ``export``. Messages name a
-cell as ``cell N`` (from 1) and its first line, e.g. ``cell 12 ("def dice_loss(...")``.
+"""Reading, cleaning and inspecting the course notebooks (no kernel, no framework imports), by
+the conventions of docs/ARCHITECTURE.md (Notebooks). Messages name a cell as ``cell N`` (from 1)
+and its first line, e.g. ``cell 12 ("def dice_loss(...")``.
 """
 
 from __future__ import annotations

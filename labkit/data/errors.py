@@ -1,8 +1,5 @@
-"""``DataError`` for bad input data, ``DataWarning`` for input that was repaired.
-
-A DataError says which file, what is wrong and what to do, so a student can fix the problem
-without reading a traceback. This module imports nothing heavy: every module can import it.
-"""
+"""``DataError`` for bad input data, ``DataWarning`` for input that was repaired. This module
+imports nothing heavy: every module can import it."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ NO_DATA_HELP = ("`make data` builds small synthetic sets in a minute; data_scrip
 
 class DataError(ValueError):
     """Bad or missing input data: the ``path`` concerned (None: no single file), the ``problem``
-    and the ``fix``, in plain words.
+    and the ``fix``, in plain words, so a student can fix it without reading a traceback.
 
     Example:
         >>> raise DataError("data/x.nii.gz", "the file is truncated", "download it again")
