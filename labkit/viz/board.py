@@ -78,7 +78,8 @@ def plot_curves(history: dict, axes=None, *, metrics: Sequence[str] | None = Non
     best = best_epoch(history)
     for metric, ax in zip(metrics, axes, strict=True):
         _draw_metric(ax, history, metric, best)
-    top = " · ".join(part for part in (title, _best_text(best), eta) if part)
+    best_text = best and f"best epoch {best[0]} ({best[1].replace('_', ' ')} {best[2]:.4f})"
+    top = " · ".join(part for part in (title, best_text, eta) if part)
     if top:
         figure.suptitle(top, fontsize=10)
     return figure
@@ -105,12 +106,6 @@ def _draw_metric(ax, history, metric, best):
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-
-
-def _best_text(best) -> str | None:
-    if best is None:
-        return None
-    return f"best epoch {best[0]} ({best[1].replace('_', ' ')} {best[2]:.4f})"
 
 
 def _figure_and_axes(axes, count):

@@ -22,7 +22,8 @@ OVERLAY_OFF = "off"
 
 
 class _Viewer:
-    """Shared display logic: widget in a front end, static figure when headless."""
+    """Shared display logic: widget in a front end, static figure when headless. A viewer class
+    gives ``figure()`` (a new figure of its current settings) and ``_controls(ipywidgets)``."""
 
     css_class = "labkit-viewer"
 
@@ -72,12 +73,6 @@ class _Viewer:
 
         control.observe(changed, names="value")
         return control
-
-    def _controls(self, ipywidgets) -> list:
-        raise NotImplementedError
-
-    def figure(self) -> Figure:
-        raise NotImplementedError
 
 
 class SliceViewer(_Viewer):
