@@ -33,8 +33,7 @@ def chain_key(transforms) -> str:
 
 
 def case_key(case: dict) -> str:
-    """A short hash of the case: each source file's path, size and mtime, other values as is
-    (arrays by content)."""
+    """A short hash of the case's sources (see the module docstring)."""
     parts = []
     for key, value in sorted(case.items()):
         if isinstance(value, (str, os.PathLike)) and key != "id" and os.path.isfile(value):

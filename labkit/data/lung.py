@@ -43,11 +43,8 @@ def _png_files(folder: Path) -> dict:
 
 
 def list_cases(root=None) -> list[dict]:
-    """Cases ``[{'id', 'image', 'left', 'right'}]`` (paths), sorted by id.
-
-    Raises:
-        DataError: no data (folder missing or empty), or an image without one of its masks.
-    """
+    """Cases ``[{'id', 'image', 'left', 'right'}]`` (paths), sorted by id; no data or an image
+    without one of its masks is a DataError."""
     folder = dataset_dir(root)
     images = _png_files(folder / "CXR_png")
     if not images:

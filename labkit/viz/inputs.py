@@ -91,18 +91,9 @@ def as_spacing(spacing, size: int) -> tuple[float, ...]:
 
 
 def volume_inputs(image, label=None, pred=None, spacing=None):
-    """Arrays for a 3D view from arrays, a case dict or NIfTI paths.
-
-    Args:
-        image: ``(X, Y, Z)`` or ``(C, X, Y, Z)`` array, a NIfTI path, or a case dict with
-            ``image``, ``label``, optional ``pred`` and ``image_meta['spacing']``.
-        label: class map on the image grid (or a NIfTI path), optional.
-        pred: prediction on the image grid (or a NIfTI path), optional.
-        spacing: voxel size in mm (x, y, z); read from the case or the file when None.
-
-    Returns:
-        ``(volume (C, X, Y, Z) float32, label or None, pred or None, spacing)``.
-    """
+    """``(volume (C, X, Y, Z) float32, label or None, pred or None, spacing)`` for a 3D view,
+    from the arguments of :func:`~labkit.viz.slices.plot_slices` (arrays, a case dict or NIfTI
+    paths); the spacing comes from the case or the file when None."""
     if isinstance(image, dict):
         image, label, pred, spacing = _from_case(image, label, pred, spacing)
     if is_path(image):
