@@ -125,9 +125,8 @@ def choose_profile_name(env: dict | None = None) -> tuple[str, str]:
     wanted = (env.get("LABKIT_PROFILE") or "").strip().lower()
     if wanted:
         if wanted not in PROFILE_NAMES:
-            raise ValueError(
-                f"LABKIT_PROFILE={wanted!r} is not a profile; choose one of {', '.join(PROFILE_NAMES)}"
-            )
+            raise ValueError(f"LABKIT_PROFILE={wanted!r} is not a profile; "
+                             f"choose one of {', '.join(PROFILE_NAMES)}")
         return wanted, "set by LABKIT_PROFILE"
     if gpu_visible():
         return "gpu", "an NVIDIA GPU is visible"

@@ -41,9 +41,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
                              "use 'cpu' or leave the device to be chosen automatically")
         return device
     # Note the call: `torch.cuda.is_available` without () is a function object, always truthy.
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cpu_threads(threads: int | None = None) -> int:
@@ -115,10 +113,8 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated file, pickle of an unknown class, ...
-        raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(error).__name__}: {error}); "
-            "delete it to start the run afresh"
-        ) from error
+        raise CheckpointError(f"{path}: cannot read this checkpoint ({type(error).__name__}: "
+                              f"{error}); delete it to start the run afresh") from error
 
 
 class Checkpoint:
