@@ -5,11 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-USAGE = """usage: python -m labkit.train {vnet,cfcm} [options]
-       torchrun --nproc_per_node=N -m labkit.train vnet --profile gpu [--run-name NAME]
-       python -m labkit.train cfcm --strategy mirrored|multiworker|default [--run-name NAME]
-
-`python -m labkit.train vnet --help` (or cfcm) lists the options."""
+USAGE = """usage: torchrun --nproc_per_node=N -m labkit.train vnet [options]
+       python -m labkit.train cfcm --strategy mirrored|multiworker|default [options]
+(`python -m labkit.train vnet --help`, or cfcm, lists the options)"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Lab 2 (CFCM, TensorFlow) on several devices: ``python -m labkit.train cfcm --strategy S``.
 
-``mirrored``: every GPU of this machine (without GPUs the CPU, which ``--cpu-devices N`` splits
-into N logical devices, for tests); ``multiworker``: several machines, each with its own
-``TF_CONFIG``; ``default``: one device, as the notebook.
+``mirrored``: every GPU of this machine (without GPUs the CPU, split by ``--cpu-devices N`` into
+N logical devices for tests); ``multiworker``: several machines, each with its ``TF_CONFIG``;
+``default``: one device, as the notebook.
 
 The networks, ``make_steps``, the augmentation and ``evaluate`` are the notebook's
 (``labkit.labs.cfcm``). Each replica runs the notebook's step on its slice of the global batch.
@@ -256,8 +256,7 @@ def run(args: argparse.Namespace) -> dict:
                         global_batch_size=settings.batch_size * replicas, xla=xla,
                         peak_gpu_memory_mb=tf_utils.peak_memory_mb())
     if workers.is_chief:
-        print(f"[labkit.train] wrote {run.folder / 'metrics.json'} | best epoch {result['best_epoch']} | "
-              f"test Dice {common.shown(result['test_dice'])}", flush=True)
+        common.say_finished(run, result)
     return result
 
 

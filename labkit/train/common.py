@@ -32,8 +32,7 @@ class Rank:
     local_rank: int = 0
 
     @property
-    def is_main(self) -> bool:
-        """True on the process that prints, checkpoints and writes metrics (rank 0)."""
+    def is_main(self) -> bool:  # the process that prints, checkpoints and writes metrics
         return self.rank == 0
 
 
@@ -152,6 +151,8 @@ def mean_or_none(scores: dict) -> float | None:
     return float(sum(scores.values()) / len(scores)) if scores else None
 
 
-def shown(value) -> str:
-    """A Dice for a log line: three decimals, or n/a."""
-    return "n/a" if value is None else f"{value:.3f}"
+def say_finished(run, result: dict) -> None:
+    """The last log line: where ``metrics.json`` is, the best epoch and the test Dice."""
+    test = "n/a" if result["test_dice"] is None else f"{result['test_dice']:.3f}"
+    print(f"[labkit.train] wrote {run.folder / 'metrics.json'} | best epoch {result['best_epoch']} "
+          f"| test Dice {test}", flush=True)

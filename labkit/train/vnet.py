@@ -4,11 +4,10 @@
 (``python -m labkit.train vnet ...``: one process, on one GPU or the CPU).
 
 Every process builds the same network from the same seed; DDP averages the gradients in each
-backward pass (NCCL between GPUs, Gloo between CPU processes). The network, loss, augmentation
-and loops are the notebook's (``labkit.labs.vnet``). Each process's ``BatchIterator`` takes its
-share of every epoch's seeded order, as ``DistributedSampler`` does. The run folder is a
-:class:`labkit.runs.Run` written by rank 0; with several machines put ``LABKIT_RUNS`` on a
-filesystem they share.
+backward pass (NCCL between GPUs, Gloo between CPU processes). Network, loss, augmentation and
+loops are the notebook's (``labkit.labs.vnet``); each process's ``BatchIterator`` takes its share
+of every epoch's seeded order, as ``DistributedSampler`` does. Rank 0 writes the run folder
+(:class:`labkit.runs.Run`): with several machines put ``LABKIT_RUNS`` on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -29,10 +28,7 @@ PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)  # rank 0 may prepare the
 
 
 def start_processes(rank: Rank, prefer_device: str | None = None) -> torch.device:
-    """This process's device; with several processes, join the process group.
-
-    On a CPU the cores are shared out between the machine's processes.
-    """
+    """This process's device; with several processes, join the group (sharing a CPU's cores out)."""
     from labkit import torch_utils
 
     if rank.world_size == 1:
@@ -62,9 +58,8 @@ def barrier(device: torch.device) -> None:
 
 
 def leave_now(status: int) -> None:
-    """End a process of a multi-process run with ``status`` once its output is flushed, as
-    ``multiprocessing`` ends its children: Gloo's threads may still be releasing tensors, which
-    would abort a finalising interpreter (SIGABRT)."""
+    """End a process of a multi-process run with ``status`` once its output is flushed (as
+    ``multiprocessing`` ends its children): Gloo's threads could abort a finalising interpreter."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -200,8 +195,7 @@ def run(args: argparse.Namespace) -> dict:
                             rank_weight_spread=spread,
                             peak_gpu_memory_mb=torch_utils.peak_memory_mb(device))
         if rank.is_main:
-            print(f"[labkit.train] wrote {run.folder / 'metrics.json'} | best epoch {result['best_epoch']} "
-                  f"| test Dice {common.shown(result['test_dice'])}", flush=True)
+            common.say_finished(run, result)
         return result
     finally:
         if distributed():
