@@ -98,7 +98,7 @@ CFCM_SETTINGS = {
 
 DESCRIPTIONS = {
     "smoke": "tiny sizes, 1-2 epochs: checks in about 2 minutes that everything runs (CI, nbval)",
-    "cpu": "reduced sizes that learn in about 10 minutes on a 2-core laptop",
+    "cpu": "reduced sizes: each notebook, experiments included, within 15 minutes on a 2-core laptop",
     "gpu": "the original settings, for a workshop GPU",
 }
 
