@@ -3,9 +3,9 @@
 TensorFlow only (``run_all.py`` starts this script in its own process, never with PyTorch).
 
 1. ConvLSTM at the stage-1 sizes (the cpu profile's, and the seed's with the batch scaled
-   down): the lab's cell (one fused kernel over ``concat(input, hidden)``, gates i, j, f, o,
-   each gate convolved with its quarter of the kernel) unrolled over the stage's blocks,
-   against Keras' ConvLSTM2D with the same weights mapped
+   down): the lab's cell (the student's ``convlstm_step``: one convolution of
+   ``concat(input, hidden)`` to 4C channels, split into i, g, f, o) unrolled over the stage's
+   blocks, against Keras' ConvLSTM2D with the same weights mapped
    (input and recurrent kernels, gates i, f, c, o, forget bias folded in). Both compiled with
    ``tf.function``; equality of the final hidden and cell states and of the input gradients;
    time per forward + backward. Both start from the same (B, T, H, W, C) sequence: Keras reads
