@@ -6,6 +6,7 @@ The checks live in ``tests/notebook_rules.py`` (``hygiene_problems``); here they
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -77,6 +78,15 @@ def save(notebook, folder: Path, name: str = "01_vnet_toy.ipynb") -> Path:
 def test_course_notebook_is_clean(path):
     problems = hygiene_problems(path)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks in notebooks/ yet")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+def test_course_notebook_is_valid_nbformat(path):
+    """Every stored cell has its id (nbformat 4.5): nbformat and nbval warn today, and will refuse."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]  # as stored (nbformat.read fills ids in)
+    missing = [index for index, cell in enumerate(cells) if "id" not in cell]
+    assert not missing, f"cells without an id: {missing}"
 
 
 # ---------------------------------------------------------------- the checks themselves
