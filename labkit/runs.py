@@ -111,8 +111,7 @@ class Run:
             saved = read_json(self.folder / "history.json") or {}
             # history.json is written before the checkpoint, so it may be one epoch ahead (cut it)
             # but not behind, unless the folder was copied half-way: then the gaps are NaN
-            self.history = {key: ([math.nan if value is None else value for value in values[:done]]
-                                  + [math.nan] * (done - len(values[:done])))
+            self.history = {key: [math.nan if value is None else value for value in (values + [None] * done)[:done]]
                             for key, values in saved.items() if key != "epoch"}
             self.history["epoch"] = list(range(1, done + 1))
             self._say(f"resuming {self.folder.name} after epoch {done}")
