@@ -42,12 +42,12 @@ def test_headless_progress_iterates_silently(monkeypatch, capsys):
 
 
 def drawn_by(loop) -> str:
-    """What a loop over progress bars writes to the terminal (tqdm draws on stderr)."""
+    """What a loop over progress bars writes (a text bar on stdout)."""
     import io
-    from contextlib import redirect_stderr
+    from contextlib import redirect_stdout
 
     stream = io.StringIO()
-    with redirect_stderr(stream):
+    with redirect_stdout(stream):
         loop()
     return stream.getvalue()
 
@@ -121,3 +121,49 @@ def test_check_in_a_live_kernel_leaves_one_line_and_the_result():
             for output in check.outputs] == [("stream", "Exercise 1 (sum): correct\n"),
                                              ("execute_result", "True")]
     assert plain.outputs, "outside a check a live kernel shows the bar"
+
+
+TRAINING_CELL = """\
+from IPython.display import display
+from labkit.viz import progress
+
+handle = None
+for epoch in range(60):  # Lab 1's cpu profile: 60 epochs, a train and a validation bar each
+    for name in ("train", "validation"):
+        for _ in progress(range(20), desc=name):
+            pass
+    if handle is None:
+        handle = display(f"epoch {epoch}", display_id=True)
+    else:
+        handle.update(f"epoch {epoch}")
+"""
+
+
+@pytest.mark.slow
+def test_a_long_training_cell_reaches_nbval_whole():
+    """nbval reads a cell's messages only once the cell has finished. Widget bars (tqdm.auto) sent
+    about 2,000 messages for this cell, the kernel dropped the last ones, and plain
+    `pytest --nbval-lax` timed out waiting for the cell's end in Lab 1's cpu profile."""
+    from queue import Empty
+
+    from jupyter_client.manager import start_new_kernel
+
+    environment = {key: value for key, value in os.environ.items() if key != "LABKIT_HEADLESS"}
+    manager, client = start_new_kernel(kernel_name="python3", env=environment)
+    try:
+        message_id = client.execute(TRAINING_CELL, allow_stdin=False)
+        assert client.get_shell_msg(timeout=120)["content"]["status"] == "ok"
+        kinds = []
+        while not kinds or kinds[-1] != "idle":
+            try:
+                message = client.get_iopub_msg(timeout=5)
+            except Empty:
+                break
+            if message["parent_header"].get("msg_id") == message_id:
+                kinds.append(message["content"].get("execution_state", message["msg_type"]))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert kinds and kinds[-1] == "idle", f"the cell's end was lost after {len(kinds)} messages"
+    assert kinds.count("update_display_data") == 59
+    assert len(kinds) < 8 * 120, f"{len(kinds)} messages for 120 bars"
