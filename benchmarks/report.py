@@ -250,15 +250,23 @@ def notebooks_section(section: dict | None) -> list[str]:
         rows.append([run["notebook"], run["profile"], run["board"], _seconds(run.get("wall_time_s")),
                      _seconds(run.get("training_s")), _seconds(run.get("epoch_s_median")),
                      run.get("epochs", "–"), _number(run.get("validation_dice")), _number(run.get("test_dice")),
-                     run["status"]])
+                     _board(run), run["status"]])
     lines = ["Each notebook as shipped, executed top to bottom in a fresh kernel: once with the live "
              "board and progress bars drawn as in JupyterLab, once headless. Training s: the main "
-             "run's epochs (validation included); validation Dice: its best epoch.", ""]
+             "run's epochs (validation included); validation Dice: its best epoch. Drawing: the "
+             "boards' pictures sent and the seconds spent drawing them, as a share of the boards' "
+             "time (every board in the notebook; each clocks itself).", ""]
     lines += _table(["Notebook", "profile", "board", "whole notebook s", "training s", "s / epoch",
-                     "epochs", "validation Dice", "test Dice", "status"], rows)
+                     "epochs", "validation Dice", "test Dice", "drawing", "status"], rows)
     if section.get("not_measured"):
         lines += [f"Profiles {NOT_MEASURED}: {', '.join(section['not_measured'])}.", ""]
     return lines
+
+
+def _board(run: dict) -> str:
+    if run.get("board") != "on" or run.get("board_share") is None:
+        return "–"
+    return f"{run['board_draws']} pictures, {run['board_drawing_s']:.1f} s ({run['board_share']:.1%})"
 
 
 def threads_section(section: dict | None) -> list[str]:

@@ -105,9 +105,10 @@ def _results(sections: dict) -> dict:
             "quick": False, "sections": sections, "finished_at": "2026-01-01T00:00:00Z"}
 
 
-def _notebook_run(lab, board, wall, epoch_s, curve):
+def _notebook_run(lab, board, wall, epoch_s, curve, share=0.01):
     return {"lab": lab, "notebook": f"{lab}.ipynb", "profile": "cpu", "board": board, "status": "ok",
-            "wall_time_s": wall, "epoch_s_median": epoch_s, "curve": curve}
+            "wall_time_s": wall, "epoch_s_median": epoch_s, "curve": curve, "board_updates": 60,
+            "board_draws": 25 if board == "on" else 0, "board_drawing_s": 3.0, "board_share": share}
 
 
 CURVE = [{"epoch": 1, "time_s": 30.0, "train_dice": 0.5, "validation_dice": 0.6},
@@ -123,8 +124,22 @@ def test_notebook_targets_judge_the_runs_with_the_board_on():
     assert (whole["measured"], whole["met"]) == (10.0, True) and "1.73x faster than before" in whole["name"]
     dice = next(target for name, target in found.items() if "best validation Dice" in name)
     assert (dice["measured"], dice["met"]) == (0.8, False)
-    board = next(target for name, target in found.items() if "board and bars" in name)
-    assert board["measured"] == pytest.approx(0.02) and board["met"]
+    board = next(target for name, target in found.items() if "board drawing" in name)
+    assert board["measured"] == pytest.approx(0.01) and board["met"]
+    assert "25 draws for 60 epochs" in board["name"] and "+2.0% on vs headless" in board["name"]
+    slow = bench_notebooks.targets([_notebook_run("vnet", "on", 600.0, 5.1, CURVE, share=0.06)])
+    assert not next(target for target in slow if "board drawing" in target["name"])["met"]
+
+
+def test_notebook_boards_log_is_summed(tmp_path):
+    import bench_notebooks
+
+    log = tmp_path / "boards.jsonl"
+    assert bench_notebooks.boards(log) == {}
+    log.write_text('{"updates": 60, "draws": 30, "drawing_s": 4.0, "elapsed_s": 200.0}\n'
+                   '{"updates": 15, "draws": 15, "drawing_s": 1.0, "elapsed_s": 50.0}\n')
+    assert bench_notebooks.boards(log) == {"boards": 2, "board_updates": 75, "board_draws": 45,
+                                           "board_drawing_s": 5.0, "board_share": 0.02}
 
 
 def test_markdown_says_why_a_section_has_no_numbers(tmp_path):

@@ -1,5 +1,6 @@
 """TrainingBoard history, best epoch, ETA, headless lines and in-place redraw; plot_curves."""
 
+import json
 import math
 
 import numpy as np
@@ -96,7 +97,9 @@ class FakeHandle:
         self.updates.append(picture)
 
 
-def test_front_end_redraws_one_display_in_place(monkeypatch):
+@pytest.fixture
+def front_end(monkeypatch):
+    """A kernel with a front end; returns (the displays shown, the handle their updates go to)."""
     monkeypatch.delenv("LABKIT_HEADLESS", raising=False)
     monkeypatch.setattr(board_module, "is_headless", lambda: False)
     monkeypatch.setattr(board_module, "in_kernel", lambda: True)
@@ -107,8 +110,14 @@ def test_front_end_redraws_one_display_in_place(monkeypatch):
         return handle
 
     monkeypatch.setattr("IPython.display.display", fake_display)
+    return shown, handle
+
+
+def test_front_end_redraws_one_display_in_place(front_end, clock):
+    shown, handle = front_end
     board = TrainingBoard(max_epochs=4)
     for epoch in range(3):
+        clock.now += 5.0  # an epoch
         board.update(epoch, train_loss=1.0 / (epoch + 1), validation_dice=0.2 * epoch)
     board.close()
     assert len(shown) == 1 and shown[0][1] is True  # one display, kept by id
@@ -116,6 +125,34 @@ def test_front_end_redraws_one_display_in_place(monkeypatch):
     pictures = [shown[0][0]] + handle.updates
     assert all(picture.data.startswith(b"\x89PNG") for picture in pictures)
     assert len({picture.data for picture in pictures}) == 4
+
+
+def test_front_end_skips_redraws_that_would_take_more_than_two_percent(front_end, clock, monkeypatch,
+                                                                        tmp_path):
+    """0.15 s per picture: 3-second epochs are drawn about every other epoch, 10-second ones always."""
+    shown, handle = front_end
+    drawing = board_module.png_output
+
+    def slow_png(figure):
+        clock.now += 0.15
+        return drawing(figure)
+
+    monkeypatch.setattr(board_module, "png_output", slow_png)
+    log = tmp_path / "board.jsonl"
+    monkeypatch.setenv("LABKIT_BOARD_LOG", str(log))
+    for epoch_s, expected_draws in ((3.0, 10), (10.0, 21)):
+        board = TrainingBoard(max_epochs=20)
+        for epoch in range(20):
+            clock.now += epoch_s
+            board.update(epoch, train_loss=1.0 / (epoch + 1))
+        board.close()  # always drawn: the last epoch's curves stay under the cell
+        assert board.draws == expected_draws, epoch_s
+        assert board.drawing_seconds == pytest.approx(0.15 * expected_draws)
+        elapsed = clock.now - 100.0  # the clock started at 100 s
+        assert board.drawing_seconds <= board_module.DRAWING_SHARE * elapsed + 0.15 * 2  # + the last, + close
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["updates"], r["draws"], r["headless"]) for r in records] == [(20, 10, False), (20, 21, False)]
+    assert records[0]["drawing_s"] == pytest.approx(1.5) and records[0]["elapsed_s"] == pytest.approx(61.5)
 
 
 def test_headless_close_in_a_kernel_shows_one_static_figure(monkeypatch, headless):

@@ -1,7 +1,7 @@
 """Training curves: a pure plotting function and a live board redrawn in place.
 
 The board keeps a history such as ``{'epoch': [0, 1], 'train_loss': [...], 'validation_dice':
-[...]}``. In a front end it redraws one picture under the cell each epoch (the curves and, when
+[...]}``. In a front end it redraws one picture under the cell after an epoch (the curves and, when
 given, one validation slice with the current prediction); headless (CI, a script,
 ``LABKIT_HEADLESS=1``) it prints one line per epoch, and :meth:`TrainingBoard.close` shows the
 final picture once so that an executed notebook still holds it. :func:`plot_variants` compares
@@ -10,7 +10,9 @@ the curves of several runs (an experiment's variants, each with a few seeds).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -23,6 +25,7 @@ from labkit.viz.gallery import ERROR_COLOURS, error_map
 from labkit.viz.inputs import data_error, to_numpy
 from labkit.viz.slices import default_window, mask_rgba
 
+DRAWING_SHARE = 0.02  # live redraws take at most this share of the time since the board started
 SPLIT_STYLES = {"train": ("#1f77b4", "-"), "validation": ("#d62728", "-"), "test": ("#2ca02c", "--")}
 
 
@@ -169,7 +172,13 @@ def plot_variants(results: dict, metric: str = "validation_dice", axes=None, *,
 
 
 class TrainingBoard:
-    """Live train / validation curves, redrawn in place once per epoch.
+    """Live train / validation curves, redrawn in place after each epoch, within a time budget.
+
+    Drawing the picture (about 0.15 s on a laptop core for the curves and a slice) is time the
+    training waits for, so the board redraws only while its drawing has taken at most
+    ``DRAWING_SHARE`` (2 %) of the time since it started: 3-second epochs are drawn about every
+    other epoch, 10-second epochs every time, and :meth:`close` always draws the last one. With ``LABKIT_BOARD_LOG`` set to a file name, :meth:`close` appends one JSON line with
+    the board's updates, draws and drawing seconds (the notebook benchmark reads it).
 
     Args:
         metrics: the metrics to plot, one panel each (``'loss'``, ``'dice'``, ...).
@@ -197,6 +206,8 @@ class TrainingBoard:
         self._slice = None  # the axial slice shown, chosen at the first picture
         self._handle = None
         self._closed = False
+        self.draws = 0  # pictures sent to the front end
+        self.drawing_seconds = 0.0  # time spent drawing them
         earlier = history or {}
         for index, epoch in enumerate(earlier.get("epoch", [])):
             self._record(int(epoch), {key: values[index] for key, values in earlier.items()
@@ -224,7 +235,7 @@ class TrainingBoard:
             self.picture = self._slices(picture)
         if self.headless:
             print(self.text_line(), flush=True)
-        else:
+        elif self.drawing_seconds <= DRAWING_SHARE * (time.perf_counter() - self._started):
             self._redraw()
 
     def text_line(self) -> str:
@@ -275,6 +286,13 @@ class TrainingBoard:
             show_static(self.figure())
         else:
             self._redraw()
+        log = os.environ.get("LABKIT_BOARD_LOG")
+        if log:
+            record = {"title": self.title, "updates": len(self.history["epoch"]) - self._replayed,
+                      "draws": self.draws, "drawing_s": round(self.drawing_seconds, 4),
+                      "elapsed_s": round(time.perf_counter() - self._started, 3), "headless": self.headless}
+            with open(log, "a", encoding="utf-8") as file:
+                file.write(json.dumps(record) + "\n")
 
     def __enter__(self):
         return self
@@ -316,11 +334,14 @@ class TrainingBoard:
             return
         from IPython.display import display
 
+        started = time.perf_counter()
         picture = png_output(self.figure())
         if self._handle is None:
             self._handle = display(picture, display_id=True)
         else:
             self._handle.update(picture)
+        self.draws += 1
+        self.drawing_seconds += time.perf_counter() - started
 
 
 def _draw_picture(ax, image, label, prob, epoch) -> None:
