@@ -10,7 +10,7 @@ the training seconds a student waits) and the epoch times with and without the b
 The live feedback's cost is judged on the time the boards spend drawing, which each board clocks
 itself and writes to ``LABKIT_BOARD_LOG`` when it closes (every board of the notebook, summed,
 as a share of the boards' time). The side-by-side epoch times are a cross-check only: two runs of
-the same headless notebook here differ by up to 10 % in epoch time, more than the 5 % target.
+the same headless notebook here differed by 18 % in epoch time, far more than the 5 % target.
 The progress bars are in the cross-check, not in the judged share: a text bar writes one line
 to stdout at most once a second. The executed notebooks and the runs' JSON records are kept in
 ``build/bench-notebooks/``.
@@ -138,7 +138,7 @@ def targets(rows: list[dict]) -> list[dict]:
             cross = ""
             if headless and live.get("epoch_s_median") and headless.get("epoch_s_median"):
                 cross = (f"; side by side, an epoch {live['epoch_s_median'] / headless['epoch_s_median'] - 1:+.1%}"
-                         " on vs headless, within run-to-run noise of 10 %")
+                         " on vs headless, separate runs that drift")
             found.append({"name": f"{name}: board drawing, share of the boards' time (cpu, "
                                   f"{live['board_draws']} draws for {live['board_updates']} epochs{cross})",
                           "unit": "fraction", "target": f"< {BOARD_SHARE:.0%}", "measured": live["board_share"],

@@ -177,8 +177,9 @@ class TrainingBoard:
     Drawing the picture (about 0.15 s on a laptop core for the curves and a slice) is time the
     training waits for, so the board redraws only while its drawing has taken at most
     ``DRAWING_SHARE`` (2 %) of the time since it started: 3-second epochs are drawn about every
-    other epoch, 10-second epochs every time, and :meth:`close` always draws the last one. With ``LABKIT_BOARD_LOG`` set to a file name, :meth:`close` appends one JSON line with
-    the board's updates, draws and drawing seconds (the notebook benchmark reads it).
+    other epoch, 10-second epochs every time, and :meth:`close` always draws the last one. With
+    ``LABKIT_BOARD_LOG`` set to a file name, :meth:`close` appends one JSON line with the board's
+    updates, draws and drawing seconds (the notebook benchmark reads it).
 
     Args:
         metrics: the metrics to plot, one panel each (``'loss'``, ``'dice'``, ...).
