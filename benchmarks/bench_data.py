@@ -6,8 +6,8 @@ ways of preparing the synthetic prostate set run side by side, interleaved:
 - ``seed``: nibabel + nilearn ``resample_img`` ('continuous' = cubic image, nearest label),
   min-max, crop; the seed's iterator (thread pool, deep copies) in this process;
 - ``labkit_cold``: ``BatchIterator(before=prostate.preprocessing(...), cache=False)`` with its
-  default worker processes;
-- ``labkit_cold_1_worker``: the same in this process only (a like-for-like single-core figure);
+  default worker threads;
+- ``labkit_cold_1_worker``: the same on one thread (a like-for-like single-core figure);
 - ``labkit_cached``: the same chain reading the disk cache filled beforehand.
 
 Then one epoch pass of each iterator without a network (the seed deep-copies its data set

@@ -62,7 +62,7 @@ def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True,
             what the previous call of that variant kept, so memory starts from a clean level).
 
     Returns:
-        ``{name: {'min_s', 'median_s', 'times_s', 'peak_rss_mb'?, 'children_peak_rss_mb'?}}``.
+        ``{name: {'min_s', 'median_s', 'times_s', 'peak_rss_mb'?}}``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -71,7 +71,6 @@ def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True,
             function()
     times = {name: [] for name in variants}
     peaks = {name: 0.0 for name in variants}
-    children_peaks = {name: 0.0 for name in variants}
     for _ in range(repeats):
         for name, function in variants.items():
             if before is not None:
@@ -82,14 +81,11 @@ def compare(variants: dict, repeats: int, warmup: int = 1, memory: bool = True,
                 function()
                 times[name].append(time.perf_counter() - start)
             peaks[name] = max(peaks[name], peak.peak_mb)
-            children_peaks[name] = max(children_peaks[name], peak.children_peak_mb)
     result = {}
     for name in variants:
         result[name] = summarize(times[name])
         if memory:
             result[name]["peak_rss_mb"] = round(peaks[name], 1)
-            if children_peaks[name]:
-                result[name]["children_peak_rss_mb"] = round(children_peaks[name], 1)
     return result
 
 
@@ -118,9 +114,7 @@ class PeakMemory:
 
     ``peak_mb`` is this process's growth (what a variant keeps and allocates here; reading
     ``/proc/<pid>/statm`` costs microseconds, so sampling every ``interval`` seconds does not
-    slow the measured code). ``children_peak_mb`` is the largest summed resident size of child
-    processes (worker pools): forked workers share the parent's pages, and resident size counts
-    those in every process, so that figure over-states their real cost; it is kept apart.
+    slow the measured code).
 
     Example:
         >>> with PeakMemory() as peak:
@@ -132,33 +126,23 @@ class PeakMemory:
         self.interval = interval
         self.enabled = enabled
         self.peak_mb = 0.0
-        self.children_peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = None
 
-    def _sizes(self) -> tuple[int, int]:
+    @staticmethod
+    def _size() -> int:
         import psutil
 
-        process = psutil.Process()
-        children = 0
-        for child in process.children(recursive=True):
-            try:
-                children += child.memory_info().rss
-            except psutil.Error:  # the child ended meanwhile
-                pass
-        return process.memory_info().rss, children
+        return psutil.Process().memory_info().rss
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            own, children = self._sizes()
-            self._top = max(self._top, own)
-            self._children_top = max(self._children_top, children)
+            self._top = max(self._top, self._size())
             self._stop.wait(self.interval)
 
     def __enter__(self):
         if self.enabled:
-            self._base, _ = self._sizes()
-            self._top, self._children_top = self._base, 0
+            self._base = self._top = self._size()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -167,9 +151,8 @@ class PeakMemory:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
-            self._top = max(self._top, self._sizes()[0])
+            self._top = max(self._top, self._size())
             self.peak_mb = (self._top - self._base) / 2**20
-            self.children_peak_mb = self._children_top / 2**20
         return False
 
 

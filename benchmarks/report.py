@@ -101,9 +101,8 @@ def data_section(section: dict | None) -> list[str]:
              f"{section['dataset']['source']}). `seed`: nibabel + nilearn `resample_img` "
              "('continuous' image, nearest label) in one process with the seed's iterator; "
              "`labkit_cold`: `BatchIterator(before=prostate.preprocessing(...), cache=False)` "
-             "(default worker processes); `labkit_cold_1_worker`: the same in one process; "
-             "`labkit_cached`: reading the disk cache. Peak RSS: growth of the measuring process "
-             "(worker processes are listed in latest.json, their shared pages counted in each).", ""]
+             "(its default worker threads); `labkit_cold_1_worker`: the same on one thread; "
+             "`labkit_cached`: reading the disk cache. Peak RSS: growth of the measuring process.", ""]
     for setting in section["settings"]:
         lines += [f"**{setting['name']}**: {setting['spacing_mm']} mm, {setting['size']} voxels, "
                   f"{setting['cases']} cases, {setting['repeats']} repeats interleaved.", ""]

@@ -1,9 +1,10 @@
-"""BatchIterator: three stages, seeded epochs, sharding, disk cache, worker processes, prefetching."""
+"""BatchIterator: three stages, seeded epochs, sharding, disk cache, worker threads, prefetching."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -175,27 +176,23 @@ def test_default_workers_is_between_one_and_four():
     assert 1 <= default_workers() <= 4
 
 
-class _DiesInWorkers:
-    """A transform that kills any process but the one that made it (a worker killed for memory)."""
+def test_transforms_defined_in_a_notebook_cell_are_prepared_by_several_threads():
+    """A local class or a lambda (what a student writes in a cell) needs no pickling."""
+    threads = set()
 
-    def __init__(self):
-        self.parent = os.getpid()
+    class AddOne:
+        def __call__(self, case):
+            threads.add(threading.get_ident())
+            time.sleep(0.01)  # long enough for the second thread to take a case
+            return dict(case, image=np.asarray(case["image"]) + 1)
 
-    def __call__(self, case):
-        if os.getpid() != self.parent:
-            os._exit(1)
-        return dict(case, image=np.asarray(case["image"]) + 1)
-
-    def __repr__(self):
-        return "DiesInWorkers()"
-
-
-def test_broken_worker_pool_falls_back_to_this_process():
-    cases = _memory_cases(3)
-    with pytest.warns(UserWarning, match="worker processes failed"):
-        prepared = prepare_cases(cases, [_DiesInWorkers()], cache=False, workers=2, progress=False)
+    cases = _memory_cases(6)
+    prepared = prepare_cases(cases, [AddOne(), lambda case: dict(case, seen=True)], cache=False,
+                             workers=2, progress=False)
     for case, original in zip(prepared, cases, strict=True):
         np.testing.assert_array_equal(case["image"], original["image"] + 1)
+        assert case["seen"] and case["id"] == original["id"]
+    assert len(threads) == 2
 
 
 def test_data_error_in_a_worker_reaches_the_caller(tiny_lung_root, tmp_path):

@@ -26,9 +26,6 @@ class DataError(ValueError):
         self.path, self.problem, self.fix = None if path is None else os.fspath(path), problem, fix
         super().__init__(f"{self.path + ': ' if self.path else ''}{problem}. Fix: {fix}.")
 
-    def __reduce__(self):  # keep the three parts when sent across a process pool
-        return type(self), (self.path, self.problem, self.fix)
-
 
 class DataWarning(UserWarning):
     """Input was repaired (for example NaN voxels replaced); the message names the file."""
