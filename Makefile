@@ -103,7 +103,7 @@ test-gpu: data
 
 # ---- headless runs, student notebooks, benchmarks ----
 run: data
-	$(PY) -m labkit.run_notebooks --profile $(PROFILE) --out build $(NOTEBOOKS)
+	$(PY) data_scripts/run_notebooks.py --profile $(PROFILE) --out build $(NOTEBOOKS)
 
 student: setup
 	$(PY) data_scripts/make_student_notebooks.py --out build/student $(NOTEBOOKS)
@@ -113,7 +113,7 @@ refresh-checks: data
 	  $(PY) data_scripts/refresh_checks.py $(NOTEBOOKS)
 
 export: setup
-	$(PY) -m labkit.export $(NOTEBOOKS)
+	$(PY) data_scripts/export.py $(NOTEBOOKS)
 
 bench: data
 	$(PY) benchmarks/run_all.py --out benchmarks/results

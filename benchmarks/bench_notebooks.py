@@ -1,6 +1,6 @@
 """Whole notebooks as a student runs them: board on (as in JupyterLab) and headless, side by side.
 
-Each notebook runs in its own ``python -m labkit.run_notebooks`` process (papermill, a real
+Each notebook runs in its own ``python data_scripts/run_notebooks.py`` process (papermill, a real
 kernel) with run folders in a temporary ``LABKIT_RUNS``: once with the live board and progress
 bars drawn as in JupyterLab (``--live``), once headless, alternating which goes first. Nothing
 is changed for the benchmark: the notebook's own thread policy, prefetching, epochs and
@@ -63,7 +63,7 @@ def run_one(lab: str, notebook: Path, profile: str, live: bool, data_root=None) 
         environment["LABKIT_BOARD_LOG"] = str(Path(folder) / "runs" / "boards.jsonl")
         if data_root:
             environment["LABKIT_DATA"] = str(Path(data_root).resolve())
-        command = [sys.executable, "-m", "labkit.run_notebooks", "--profile", profile, "--no-html",
+        command = [sys.executable, str(REPOSITORY / "data_scripts" / "run_notebooks.py"), "--profile", profile, "--no-html",
                    "--out", str(Path(folder) / "out"), str(notebook), *(["--live"] if live else [])]
         start = time.perf_counter()
         try:

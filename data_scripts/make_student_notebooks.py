@@ -9,7 +9,7 @@ indentation::
 Exercises are counted in notebook order, one number per cell that holds solution regions.
 The title is the text after ``# BEGIN SOLUTION:`` when given, else the title the next check
 cell printed (``Exercise 2 (Dice loss): correct``), else the nearest ``Exercise N: title``
-markdown heading above the cell (``labkit.notebook_tools.exercise_cells``). A ``figures/``
+markdown heading above the cell (``notebook_tools.exercise_cells``). A ``figures/``
 folder beside the notebooks is copied too, so images in the markdown still show.
 
 Usage:
@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from labkit.notebook_tools import (
+from notebook_tools import (
     clear_outputs,
     exercise_cells,
     for_each_notebook,

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
-from labkit.notebook_tools import (
+from notebook_tools import (
     FAILED_CHECK,
     NotebookError,
     clear_outputs,
@@ -37,7 +36,7 @@ from labkit.notebook_tools import (
     source_of,
     write_notebook,
 )
-from labkit.run_notebooks import KERNEL_NAME, pin_environment
+from run_notebooks import KERNEL_NAME, pin_environment
 
 
 def execute(notebook, notebook_dir: Path, timeout: int = 600) -> None:

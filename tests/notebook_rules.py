@@ -1,7 +1,7 @@
 """The notebook rule book: everything wrong with a committed course notebook, in plain words.
 
 ``tests/test_notebook_hygiene.py`` runs it on every ``notebooks/*.ipynb``; the conventions are
-in ``labkit/notebook_tools.py`` and docs/ARCHITECTURE.md (Notebooks).
+in ``data_scripts/notebook_tools.py`` and docs/ARCHITECTURE.md (Notebooks).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from labkit.notebook_tools import (
+from notebook_tools import (
     FAILED_CHECK,
     PARAMETERS_TAG,
     SETUP_TAG,

@@ -11,9 +11,9 @@ LABKIT = Path(__file__).resolve().parents[1] / "labkit"
 # A part may import only parts of a lower layer (and itself).
 LAYERS = {
     "labkit.io": 0, "labkit.paths": 0, "labkit.profiles": 0, "labkit.metrics": 0,
-    "labkit.runs": 1, "labkit.data": 1, "labkit.notebook_tools": 1,
+    "labkit.runs": 1, "labkit.data": 1,
     "labkit.viz": 2, "labkit.torch_utils": 2, "labkit.tf_utils": 2,
-    "labkit.exercises": 3, "labkit.export": 3, "labkit.run_notebooks": 3, "labkit.doctor": 3,
+    "labkit.exercises": 3, "labkit.doctor": 3,
     "labkit.hub": 3, "labkit.class_results": 3,  # entry points that run deploy/ scripts
     "labkit.labs": 4,
     "labkit.train": 5, "labkit.__main__": 5,

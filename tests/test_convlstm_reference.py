@@ -21,7 +21,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_cfcm_lung.ipy
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    from labkit import export
+    import export
 
     labs = tmp_path_factory.mktemp("labs")
     export.export(NOTEBOOK, labs)

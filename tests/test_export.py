@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import export
 import pytest
 from nbformat import v4
-
-from labkit import export
-from labkit.notebook_tools import EXPORT_TAG, NotebookError, read_notebook, tags_of, write_notebook
+from notebook_tools import EXPORT_TAG, NotebookError, read_notebook, tags_of, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_NOTEBOOKS = {"vnet": ROOT / "notebooks" / "01_vnet_prostate.ipynb",
@@ -149,7 +148,7 @@ def test_course_modules_match_their_notebooks(lab):
     notebook = REAL_NOTEBOOKS[lab]
     if not _has_export_cells(notebook):
         pytest.skip(f"{notebook.name} has no cells tagged export yet")
-    result = subprocess.run([sys.executable, "-m", "labkit.export", "--check", str(notebook)],
+    result = subprocess.run([sys.executable, str(ROOT / "data_scripts" / "export.py"), "--check", str(notebook)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     modules = f"labkit.labs.{lab}, labkit.labs.{lab}_solutions"

@@ -15,8 +15,7 @@ import pytest
 from nbformat import v4
 from nbval.plugin import get_sanitize_patterns
 from notebook_rules import hygiene_problems, imported_modules
-
-from labkit.notebook_tools import write_notebook
+from notebook_tools import write_notebook
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import run_notebooks
 from nbformat import v4
 from notebook_rules import hygiene_problems
+from notebook_tools import output_text, read_notebook, write_notebook
 
-from labkit import paths, run_notebooks
-from labkit.notebook_tools import output_text, read_notebook, write_notebook
+from labkit import paths
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning")
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from nbformat import v4
-
-from labkit.notebook_tools import NotebookError, read_notebook, source_of, write_notebook
+from notebook_tools import NotebookError, read_notebook, source_of, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

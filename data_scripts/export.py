@@ -4,7 +4,7 @@ For ``notebooks/NN_<lab>_<topic>.ipynb``: ``labkit/labs/<lab>.py`` (the cells ta
 marker lines dropped) and ``labkit/labs/<lab>_solutions.py`` (``SOLUTIONS[number] = (title,
 source)``, shown by ``ex.<name>.solution()``). ``--check`` writes nothing and exits 1 on drift.
 
-Usage: ``python -m labkit.export [--check] notebooks/*.ipynb``
+Usage: ``python data_scripts/export.py [--check] notebooks/*.ipynb``
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from labkit.io import atomic_write_text
-from labkit.notebook_tools import (
+from notebook_tools import (
     EXPORT_TAG,
     NotebookError,
     code_cells,
@@ -31,7 +30,9 @@ from labkit.notebook_tools import (
     tags_of,
 )
 
-LABS_DIR = Path(__file__).resolve().parent / "labs"
+from labkit.io import atomic_write_text
+
+LABS_DIR = Path(__file__).resolve().parents[1] / "labkit" / "labs"
 _GENERATED = "# generated from {notebook} by `make export`; edit the notebook, not this file.\n"
 _MODULE_HEADER = _GENERATED + '''\
 # ruff: noqa: E402, I001
@@ -176,7 +177,7 @@ def export(notebook: Path, labs_dir: Path = LABS_DIR) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python data_scripts/export.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on drift")
     parser.add_argument("--labs-dir", type=Path, default=LABS_DIR, help=argparse.SUPPRESS)

@@ -4,7 +4,7 @@ Papermill runs each notebook (parameter ``PROFILE``, in its folder, ``LABKIT_HEA
 ``--live``) into ``<out>/<name>.ipynb`` and ``<out>/<name>.html`` and prints its wall time. A
 failing notebook is still written; the command then exits 1 naming the notebook and the cell.
 
-Usage: ``python -m labkit.run_notebooks --profile cpu --out build notebooks/*.ipynb``
+Usage: ``python data_scripts/run_notebooks.py --profile cpu --out build notebooks/*.ipynb``
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from notebook_tools import NotebookError, describe_cell, for_each_notebook, read_notebook
+
 from labkit import paths
 from labkit.io import atomic_path, atomic_write_text
-from labkit.notebook_tools import NotebookError, describe_cell, for_each_notebook, read_notebook
 from labkit.profiles import PROFILE_NAMES
 
 KERNEL_NAME = "python3"
@@ -65,7 +66,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, html: bool = True,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.run_notebooks",
+    parser = argparse.ArgumentParser(prog="python data_scripts/run_notebooks.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--profile", choices=PROFILE_NAMES, default="cpu")
