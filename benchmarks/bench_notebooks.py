@@ -34,9 +34,12 @@ from common import REPOSITORY, log, section_main
 
 NOTEBOOKS = {"vnet": "notebooks/01_vnet_prostate.ipynb", "cfcm": "notebooks/02_cfcm_lung.ipynb"}
 TIMEOUT_S = {"smoke": 900, "cpu": 3600, "gpu": 36000}
-# cpu profile, this course's 2-core machine, board on (issues 16, 17, 19)
-TARGETS = {"vnet": {"dice": 0.85, "wall_s": 900.0, "before_s": 1037.0},
-           "cfcm": {"dice": 0.90, "wall_s": 900.0, "before_s": None}}
+# cpu profile, this course's 2-core machine, board on. Whole notebooks: Lab 1 within 10 minutes
+# (issue 19), Lab 2 within 15 with its comparison of 12 trainings (issue 17); Lab 2 without that
+# comparison (its section 10) within 5 (issue 19, set before the comparison was added).
+TARGETS = {"vnet": {"dice": 0.85, "wall_s": 600.0, "before_s": 1037.0},
+           "cfcm": {"dice": 0.90, "wall_s": 900.0, "before_s": None,
+                    "without": "## 10. Does the memory help?", "without_wall_s": 300.0}}
 BOARD_SHARE = 0.05  # live feedback may cost at most this share of an epoch
 
 
@@ -75,7 +78,9 @@ def run_one(lab: str, notebook: Path, profile: str, live: bool, data_root=None) 
                    status="ok" if done.returncode == 0 else "failed")
         if done.returncode != 0:
             row["error"] = (done.stderr or done.stdout)[-1500:]
-        keep(Path(folder), REPOSITORY / "build" / "bench-notebooks" / f"{lab}-{profile}-{row['board']}")
+        kept = REPOSITORY / "build" / "bench-notebooks" / f"{lab}-{profile}-{row['board']}"
+        keep(Path(folder), kept)
+        row["sections_s"] = sections_s(next(kept.glob("out/**/*.ipynb"), None))
         row.update(boards(Path(folder) / "runs" / "boards.jsonl"))
         main = Path(folder) / "runs" / f"{lab}-{profile}-baseline" / "metrics.json"
         if main.is_file():
@@ -92,6 +97,20 @@ def run_one(lab: str, notebook: Path, profile: str, live: bool, data_root=None) 
                                   history.get("epoch", []), history.get("train_dice", []),
                                   history.get("validation_dice", []), strict=False))])
     return row
+
+
+def sections_s(executed: Path | None) -> dict:
+    """{'## N. heading': seconds} summed over each section's cells (papermill's cell durations)."""
+    if executed is None:
+        return {}
+    found, heading = {}, "(before the first section)"
+    for cell in json.loads(executed.read_text(encoding="utf-8"))["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and source.startswith("## "):
+            heading = source.splitlines()[0]
+        seconds = cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
+        found[heading] = round(found.get(heading, 0.0) + seconds, 1)
+    return found
 
 
 def boards(log: Path) -> dict:
@@ -130,6 +149,13 @@ def targets(rows: list[dict]) -> list[dict]:
         found.append({"name": f"{name}: whole cpu notebook, board on (minutes){before}", "unit": "min",
                       "target": f"<= {target['wall_s'] / 60:.0f}", "measured": round(live["wall_time_s"] / 60, 1),
                       "met": live["wall_time_s"] <= target["wall_s"]})
+        section_s = live.get("sections_s", {}).get(target.get("without"))
+        if section_s is not None:
+            rest = live["wall_time_s"] - section_s
+            found.append({"name": f"{name}: cpu notebook without its comparison (section 10, {section_s / 60:.1f} "
+                                  "min of cells), board on (minutes)", "unit": "min",
+                          "target": f"<= {target['without_wall_s'] / 60:.0f}", "measured": round(rest / 60, 1),
+                          "met": rest <= target["without_wall_s"]})
         best = max((point["validation_dice"] for point in live.get("curve", [])), default=None)
         found.append({"name": f"{name}: best validation Dice (cpu profile)", "unit": "Dice",
                       "target": f">= {target['dice']}", "measured": None if best is None else round(best, 4),

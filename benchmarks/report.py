@@ -257,6 +257,12 @@ def notebooks_section(section: dict | None) -> list[str]:
              "time (every board in the notebook; each clocks itself).", ""]
     lines += _table(["Notebook", "profile", "board", "whole notebook s", "training s", "s / epoch",
                      "epochs", "validation Dice", "test Dice", "drawing", "status"], rows)
+    for run in section["runs"]:
+        parts = [f"{heading[3:]} {seconds:.0f} s" for heading, seconds in run.get("sections_s", {}).items()
+                 if run["board"] == "on" and run["profile"] != "smoke" and seconds >= 10]
+        if parts:
+            lines += [f"Where {run['notebook']} ({run['profile']}, board on) spends its time, sections of "
+                      f"10 s or more: {'; '.join(parts)}.", ""]
     if section.get("not_measured"):
         lines += [f"Profiles {NOT_MEASURED}: {', '.join(section['not_measured'])}.", ""]
     return lines

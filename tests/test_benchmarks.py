@@ -131,6 +131,36 @@ def test_notebook_targets_judge_the_runs_with_the_board_on():
     assert not next(target for target in slow if "board drawing" in target["name"])["met"]
 
 
+def test_notebook_sections_are_timed_and_lab_2_is_judged_without_its_comparison(tmp_path):
+    import bench_notebooks
+    from nbformat import v4, write
+
+    def cell(make, source, seconds=None):
+        made = make(source)
+        if seconds is not None:
+            made.metadata["papermill"] = {"duration": seconds}
+        return made
+
+    notebook = v4.new_notebook(cells=[
+        cell(v4.new_code_cell, "setup()", 4.0), cell(v4.new_markdown_cell, "## 7. Training\ntext"),
+        cell(v4.new_code_cell, "fit()", 100.0), cell(v4.new_code_cell, "plot()", 2.5),
+        cell(v4.new_markdown_cell, "## 10. Does the memory help?"), cell(v4.new_code_cell, "compare()", 500.0)])
+    executed = tmp_path / "lab.ipynb"
+    write(notebook, executed)
+    sections = bench_notebooks.sections_s(executed)
+    assert sections == {"(before the first section)": 4.0, "## 7. Training": 102.5,
+                        "## 10. Does the memory help?": 500.0}
+    assert bench_notebooks.sections_s(None) == {}
+    run = dict(_notebook_run("cfcm", "on", 620.0, 2.0, CURVE), sections_s=sections)
+    found = bench_notebooks.targets([run])
+    whole = next(target for target in found if "whole cpu notebook" in target["name"])
+    rest = next(target for target in found if "without its comparison (section 10, 8.3 min" in target["name"])
+    assert (whole["measured"], whole["met"], whole["target"]) == (10.3, True, "<= 15")
+    assert (rest["measured"], rest["met"], rest["target"]) == (2.0, True, "<= 5")
+    slow = bench_notebooks.targets([dict(run, wall_time_s=820.0)])
+    assert not next(target for target in slow if "without" in target["name"])["met"]
+
+
 def test_notebook_boards_log_is_summed(tmp_path):
     import bench_notebooks
 
