@@ -257,15 +257,21 @@ def notebooks_section(section: dict | None) -> list[str]:
              "time (every board in the notebook; each clocks itself).", ""]
     lines += _table(["Notebook", "profile", "board", "whole notebook s", "training s", "s / epoch",
                      "epochs", "validation Dice", "test Dice", "drawing", "status"], rows)
-    for run in section["runs"]:
-        parts = [f"{heading[3:]} {seconds:.0f} s" for heading, seconds in run.get("sections_s", {}).items()
-                 if run["board"] == "on" and run["profile"] != "smoke" and seconds >= 10]
+    for run in (run for run in section["runs"] if run["board"] == "on" and run["profile"] != "smoke"):
+        sections = sorted(run.get("sections_s", {}).items(), key=lambda item: _section_number(item[0]))
+        parts = [f"{heading.removeprefix('## ')} {seconds:.0f} s" for heading, seconds in sections if seconds >= 10]
         if parts:
             lines += [f"Where {run['notebook']} ({run['profile']}, board on) spends its time, sections of "
                       f"10 s or more: {'; '.join(parts)}.", ""]
     if section.get("not_measured"):
         lines += [f"Profiles {NOT_MEASURED}: {', '.join(section['not_measured'])}.", ""]
     return lines
+
+
+def _section_number(heading: str) -> int:
+    """``'## 10. Does ...'`` -> 10 (notebook order; JSON keeps keys sorted as text); 0 if none."""
+    number = heading.removeprefix("## ").split(".")[0]
+    return int(number) if number.isdigit() else 0
 
 
 def _board(run: dict) -> str:

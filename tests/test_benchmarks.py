@@ -161,6 +161,16 @@ def test_notebook_sections_are_timed_and_lab_2_is_judged_without_its_comparison(
     assert not next(target for target in slow if "without" in target["name"])["met"]
 
 
+def test_notebook_report_lists_sections_in_notebook_order_for_runs_with_the_board_on():
+    sections = {"## 10. Does the memory help?": 500.0, "## 7. Training": 102.5, "## 8. Evaluation": 3.0,
+                "(before the first section)": 12.0}
+    runs = [dict(_notebook_run("cfcm", board, 620.0, 2.0, CURVE), sections_s=sections) for board in ("on", "headless")]
+    text = "\n".join(report.notebooks_section({"status": "ok", "runs": runs}))
+    assert text.count("spends its time") == 1  # the run with the board on only
+    assert "(before the first section) 12 s; 7. Training 102 s; 10. Does the memory help? 500 s." in text
+    assert "Evaluation" not in text  # under 10 s
+
+
 def test_notebook_boards_log_is_summed(tmp_path):
     import bench_notebooks
 
